@@ -1,0 +1,51 @@
+"""The ``forkmem`` command line.
+
+Each sub-command lives in its own module with a ``register(subparsers)`` function that adds
+its parser and sets ``func`` (``args -> exit code``). Exit codes: 0 fine, 1 a check found a
+problem, 2 usage or input error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+from forkmem._version import __version__
+from forkmem.errors import ForkmemError
+
+__all__ = ["main"]
+
+# One module per sub-command, in the order `forkmem --help` lists them.
+_COMMANDS = (
+    "forkmem.cli._demo",
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Return the full argument parser (used by ``main`` and by the docs)."""
+    parser = argparse.ArgumentParser(
+        prog="forkmem",
+        description="Keep forked workers' memory shared, and measure it.",
+    )
+    parser.add_argument("--version", action="version", version=f"forkmem {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name in _COMMANDS:
+        importlib.import_module(name).register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the process exit code."""
+    args = build_parser().parse_args(argv)
+    try:
+        code: int = args.func(args)
+    except ForkmemError as exc:
+        print(f"forkmem: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        return 0
+    return code

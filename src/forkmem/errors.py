@@ -1,0 +1,95 @@
+"""forkmem's exceptions.
+
+Every error forkmem raises derives from :class:`ForkmemError` *and* from the builtin a
+caller would naturally catch (``ProcessLookupError``, ``PermissionError``, ``ValueError``...),
+so ``except ProcessLookupError`` keeps working for code that never heard of forkmem.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "AccessDenied",
+    "ChildCrashed",
+    "ChildTimeout",
+    "CopyLimitExceeded",
+    "ForkmemError",
+    "ForkmemWarning",
+    "InvalidArgument",
+    "NoSuchProcess",
+    "ProcParseError",
+    "UnsupportedPlatform",
+    "UnsupportedRuntime",
+]
+
+
+class ForkmemError(Exception):
+    """Base class of every exception raised by forkmem."""
+
+
+class NoSuchProcess(ForkmemError, ProcessLookupError):
+    """The process does not exist: never existed, already reaped, or a zombie.
+
+    ``pid`` is the process asked about (``None`` when unknown).
+    """
+
+    def __init__(self, message: str, *, pid: int | None = None) -> None:
+        super().__init__(message)
+        self.pid = pid
+
+
+class AccessDenied(ForkmemError, PermissionError):
+    """The caller may not read the process's memory files (another user's process).
+
+    ``pid`` is the process asked about and ``path`` the file that refused (either may be ``None``).
+    """
+
+    def __init__(self, message: str, *, pid: int | None = None, path: str | None = None) -> None:
+        super().__init__(message)
+        self.pid = pid
+        self.path = path
+
+
+class UnsupportedPlatform(ForkmemError, NotImplementedError):
+    """The feature needs something this operating system does not offer (e.g. ``/proc``)."""
+
+
+class UnsupportedRuntime(ForkmemError, NotImplementedError):
+    """The feature needs a Python runtime other than the running one (version, build, ABI)."""
+
+
+class ProcParseError(ForkmemError, ValueError):
+    """A kernel file (``/proc``, cgroup) had content forkmem could not parse.
+
+    ``path`` names the file, so a truncated or garbled read is never a bare ``ValueError``.
+    """
+
+    def __init__(self, message: str, *, path: str) -> None:
+        super().__init__(f"{path}: {message}")
+        self.path = path
+
+
+class InvalidArgument(ForkmemError, ValueError):
+    """An argument passed to forkmem has a value it cannot use."""
+
+
+class ChildCrashed(ForkmemError, ChildProcessError):
+    """A forked child died without reporting back (signal, ``os._exit``, broken pipe).
+
+    ``exitcode`` is the child's exit status, or ``-signal`` when a signal killed it.
+    """
+
+    def __init__(self, message: str, *, exitcode: int | None = None) -> None:
+        super().__init__(message)
+        self.exitcode = exitcode
+
+
+class ChildTimeout(ForkmemError, TimeoutError):
+    """A forked child did not finish in the allowed time; it has been killed."""
+
+
+class CopyLimitExceeded(ForkmemError, AssertionError):
+    """A child copied more of its parent's memory than the test allowed."""
+
+
+class ForkmemWarning(UserWarning):
+    """Warnings about setups where copy-on-write sharing cannot work (e.g. the spawn start method)."""
