@@ -1,0 +1,77 @@
+"""The public surface: exported, documented, typed, and cheap to import."""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import forkmem
+
+ROOT = Path(__file__).resolve().parent.parent
+DOCS = ROOT / "docs"
+# Public modules besides the top level whose own __all__ is part of the API.
+SUBMODULES = ["forkmem.testing", "forkmem.pool"]
+
+
+def _docs_text() -> str:
+    return "\n".join(p.read_text(encoding="utf-8") for p in DOCS.rglob("*.md"))
+
+
+def _public() -> list[tuple[str, str, object]]:
+    names = [("forkmem", n, getattr(forkmem, n)) for n in forkmem.__all__]
+    for modname in SUBMODULES:
+        mod = importlib.import_module(modname)
+        names += [(modname, n, getattr(mod, n)) for n in getattr(mod, "__all__", [])]
+    return names
+
+
+def test_all_names_resolve() -> None:
+    assert len(set(forkmem.__all__)) == len(forkmem.__all__), "duplicate names in __all__"
+    for name in forkmem.__all__:
+        assert hasattr(forkmem, name), name
+
+
+@pytest.mark.parametrize(("module", "name", "obj"), _public(), ids=lambda v: str(v)[:40])
+def test_public_name_is_documented(module: str, name: str, obj: object) -> None:
+    if name == "__version__":
+        return
+    if inspect.isclass(obj) or callable(obj):
+        assert inspect.getdoc(obj), f"{module}.{name} has no docstring"
+    pattern = rf"(?<![\w.]){re.escape(module)}\.{re.escape(name)}\b|::: {re.escape(module)}\.{re.escape(name)}\b"
+    assert re.search(pattern, _docs_text()), f"{module}.{name} is not mentioned in docs/"
+
+
+def test_py_typed_is_shipped() -> None:
+    assert (Path(forkmem.__file__).parent / "py.typed").exists()
+
+
+def test_import_is_cheap() -> None:
+    # Importing forkmem must not drag in psutil or ctypes: services import it at start-up.
+    code = (
+        "import sys, forkmem; "
+        "heavy = sorted(m for m in ('psutil', 'ctypes', 'json', 'subprocess', 'pytest') "
+        "if m in sys.modules); print(','.join(heavy))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == ""
+
+
+def test_cli_entry_point_runs() -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "forkmem", "--version"], capture_output=True, text=True, check=True
+    )
+    assert out.stdout.strip() == f"forkmem {forkmem.__version__}"
+
+
+def test_cli_unknown_command_is_a_usage_error() -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "forkmem", "no-such-command"], capture_output=True, text=True
+    )
+    assert out.returncode == 2
+    assert "invalid choice" in out.stderr
