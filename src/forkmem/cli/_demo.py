@@ -59,7 +59,7 @@ def _build_heap(target_bytes: int) -> list[list[int]]:
 
 def _fork_children(count: int) -> list[tuple[int, int, int]]:
     """Fork children that collect, report ready, then wait to be released."""
-    children = []
+    children: list[tuple[int, int, int]] = []
     for _ in range(count):
         ready_r, ready_w = os.pipe()
         go_r, go_w = os.pipe()
@@ -68,6 +68,11 @@ def _fork_children(count: int) -> list[tuple[int, int, int]]:
             try:
                 os.close(ready_r)
                 os.close(go_w)
+                # Siblings' pipe ends were inherited too: holding them would keep a sibling
+                # from ever seeing EOF on its release pipe.
+                for _, sib_ready_r, sib_go_w in children:
+                    os.close(sib_ready_r)
+                    os.close(sib_go_w)
                 gc.collect()
                 os.write(ready_w, b"1")
                 os.read(go_r, 1)
