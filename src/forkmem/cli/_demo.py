@@ -95,9 +95,9 @@ def _measure(count: int) -> _Scenario:
             if not readable:
                 raise TimeoutError("a demo child did not finish gc.collect() within 60 s")
             os.read(ready_r, 1)
-        dirty = [memory(pid).private_dirty for pid, _, _ in children]
+        dirty = [memory(pid).private_dirty or 0 for pid, _, _ in children]
         tree = memory_tree()
-        return _Scenario("", dirty, tree.total_pss, tree.total_rss)
+        return _Scenario("", dirty, tree.total_pss or 0, tree.total_rss)
     finally:
         for pid, ready_r, go_w in children:
             os.close(ready_r)
