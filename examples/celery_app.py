@@ -1,0 +1,90 @@
+"""A Celery app with a preloaded heap, to see what ``forkmem.integrations.celery`` saves.
+
+No broker server needed: the filesystem transport and the file result backend keep messages
+and results under ``FORKMEM_CELERY_DIR`` (default: ``$TMPDIR/forkmem-celery-example``).
+
+Start a worker (prefork pool, two children)::
+
+    cd examples && celery -A celery_app worker --pool=prefork --concurrency=2 --loglevel=INFO
+
+then, from another shell in ``examples/``::
+
+    python -c "import celery_app as c; print(c.private_after_collect.delay().get(timeout=30))"
+
+``FORKMEM_EXAMPLE_HEAP_MIB`` sizes the heap (default 100); ``FORKMEM_DISABLE=1`` leaves forkmem
+out, to compare. Each child logs its peak private memory when it exits.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from celery import Celery
+
+import forkmem
+from forkmem.integrations.celery import install
+
+DATA = Path(
+    os.environ.get("FORKMEM_CELERY_DIR") or Path(tempfile.gettempdir()) / "forkmem-celery-example"
+)
+for sub in ("queue", "processed", "results", "control"):
+    (DATA / sub).mkdir(parents=True, exist_ok=True)
+
+app = Celery("celery_app", broker="filesystem://", backend=f"file://{DATA / 'results'}")
+app.conf.update(
+    broker_transport_options={
+        "data_folder_in": str(DATA / "queue"),
+        "data_folder_out": str(DATA / "queue"),
+        "processed_folder": str(DATA / "processed"),
+        "control_folder": str(DATA / "control"),  # default: ./control, in the working directory
+        "store_processed": False,
+        "polling_interval": 0.1,
+    },
+    broker_connection_retry_on_startup=True,
+    worker_enable_remote_control=False,  # the filesystem transport has no fanout exchange
+    task_serializer="json",
+    result_serializer="json",
+    accept_content=["json"],
+)
+
+
+def _build_heap(mib: int) -> tuple[list[list[Any]], int]:
+    before = forkmem.rss_breakdown().rss_anon
+    # Small GC-tracked containers (~180 bytes each, 5,600 per MiB), like an app's caches.
+    records = [[i, f"item-{i}"] for i in range(mib * 5_600)]
+    return records, forkmem.rss_breakdown().rss_anon - before
+
+
+HEAP, HEAP_BYTES = _build_heap(int(os.environ.get("FORKMEM_EXAMPLE_HEAP_MIB", "100")))
+
+if os.environ.get("FORKMEM_DISABLE") != "1":
+    install(app)
+
+# Proof for the integration test, only when it asks: every pool child records its pid from a
+# forkmem fork hook.
+_PID_DIR = os.environ.get("FORKMEM_EXAMPLE_PID_DIR")
+if _PID_DIR:
+
+    def _record_pid() -> None:
+        with open(os.path.join(_PID_DIR, str(os.getpid())), "a") as f:
+            f.write("after_in_child\n")
+
+    forkmem.at_fork(after_in_child=_record_pid, name="example.record_pid")
+
+
+@app.task
+def whoami() -> int:
+    """The pid of the pool child running the task."""
+    return os.getpid()
+
+
+@app.task
+def private_after_collect() -> dict[str, int]:
+    """Collect in the child, then report its private memory next to the parent's heap size."""
+    gc.collect()
+    usage = forkmem.memory()
+    return {"pid": os.getpid(), "uss": usage.uss, "heap_bytes": HEAP_BYTES}

@@ -1,0 +1,51 @@
+"""Small helpers the server integrations share (private)."""
+
+from __future__ import annotations
+
+import logging
+
+__all__ = ["ensure_child_hooks", "route_logs", "warn_missing_bytecode"]
+
+_logger = logging.getLogger("forkmem")
+
+
+def ensure_child_hooks() -> None:
+    """Run forkmem's "after_in_child" hooks in a fresh worker, unless the fork already did.
+
+    ``os.fork`` (gunicorn, billiard, multiprocessing) runs them through ``os.register_at_fork``;
+    a server that forks in C does not, so its post-fork hook calls this. Never both.
+    """
+    import forkmem
+
+    info = forkmem.fork_info()
+    if info.forked and info.via_hook:
+        return
+    forkmem.run_fork_hooks("after_in_child")
+
+
+def route_logs(source: logging.Logger) -> None:
+    """Send the ``"forkmem"`` logger's records to ``source``'s handlers if nobody set it up.
+
+    Servers such as gunicorn log through their own handlers and leave the root logger bare, so
+    INFO lines from forkmem would otherwise vanish.
+    """
+    if _logger.handlers or logging.getLogger().handlers or not source.handlers:
+        return
+    for handler in source.handlers:
+        _logger.addHandler(handler)
+    if _logger.level == logging.NOTSET:
+        _logger.setLevel(source.getEffectiveLevel())
+    _logger.propagate = False
+
+
+def warn_missing_bytecode() -> None:
+    """One log warning when the loaded modules lack bytecode caches (if forkmem offers it)."""
+    import forkmem
+
+    check = getattr(forkmem, "warn_if_missing_bytecode", None)
+    if check is None:
+        return
+    try:
+        check()
+    except Exception:  # a diagnostic must never stop a server from starting
+        _logger.debug("forkmem: bytecode check failed", exc_info=True)

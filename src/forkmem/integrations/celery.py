@@ -1,0 +1,150 @@
+"""Celery prefork pool: freeze the parent before it forks its pool, hooks and memory per child.
+
+``install(app)`` connects Celery signals:
+
+- ``celeryd_after_setup`` (the worker's main process, after the app is finalized and the task
+  modules imported, just before the bootsteps start the pool and fork its children): a full
+  collection, then ``gc.freeze()``, once. ``worker_before_create_process`` (sent by the prefork
+  pool before each child) does the same if the first signal never came (a worker started
+  without the ``celery worker`` command).
+- ``worker_process_init`` (in each new child): forkmem's "after_in_child" hooks, if the fork did
+  not run them already (billiard forks with ``os.fork``, so normally it did), and the memory
+  sampler. Celery kills a child whose ``worker_process_init`` handlers take over 4 s: this one
+  only starts a thread.
+- ``worker_process_shutdown`` (in the child, when it leaves normally): log its peak private
+  memory on the ``"forkmem"`` logger.
+
+Celery is imported only when :func:`install` is called.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import weakref
+from dataclasses import dataclass
+from typing import Any
+
+from forkmem.errors import InvalidArgument
+from forkmem.integrations._common import ensure_child_hooks, warn_missing_bytecode
+from forkmem.integrations._sampler import Sampler
+
+__all__ = ["install"]
+
+_logger = logging.getLogger("forkmem.celery")
+
+
+@dataclass(frozen=True, slots=True)
+class _Options:
+    warmup: bool
+    immortalize: bool
+    sample_memory: bool
+    duty_cycle: float
+
+
+_apps: weakref.WeakKeyDictionary[Any, _Options] = weakref.WeakKeyDictionary()
+_connected = False
+_connect_lock = threading.Lock()
+# Set in the main process when it froze; a forked child inherits it (and its options).
+_frozen_with: _Options | None = None
+_sampler: Sampler | None = None
+
+
+def install(
+    app: Any,
+    *,
+    warmup: bool = False,
+    immortalize: bool = False,
+    sample_memory: bool = True,
+    duty_cycle: float = 0.01,
+) -> None:
+    """Apply forkmem to the prefork pool of Celery ``app``'s workers. Call it where the app is made.
+
+    ``warmup`` runs :func:`forkmem.warmup` (``immortalize`` passed on) instead of a plain
+    collect-and-freeze. ``sample_memory`` samples each child's peak private memory at most
+    ``duty_cycle`` of one CPU and logs it when the child exits. Calling it again for the same
+    app replaces the options.
+    """
+    global _connected
+    for name, value in (
+        ("warmup", warmup),
+        ("immortalize", immortalize),
+        ("sample_memory", sample_memory),
+    ):
+        if not isinstance(value, bool):
+            raise InvalidArgument(f"install({name}=...) must be True or False; got {value!r}")
+    if immortalize and not warmup:
+        raise InvalidArgument("install(immortalize=True) needs warmup=True")
+    if not isinstance(duty_cycle, (int, float)) or not 0 < duty_cycle <= 1:
+        raise InvalidArgument(f"install(duty_cycle=...) must be in (0, 1]; got {duty_cycle!r}")
+    try:
+        from celery import Celery, signals
+    except ImportError as exc:
+        raise InvalidArgument(
+            "forkmem.integrations.celery needs Celery (pip install 'forkmem[celery]')"
+        ) from exc
+    if not isinstance(app, Celery):
+        raise InvalidArgument(f"install() takes a celery.Celery app; got {app!r}")
+    _apps[app] = _Options(warmup, immortalize, sample_memory, float(duty_cycle))
+    with _connect_lock:
+        if _connected:
+            return
+        # weak=False: the handlers are module functions, but say so; dispatch_uid: once only.
+        signals.celeryd_after_setup.connect(
+            _on_after_setup, weak=False, dispatch_uid="forkmem.after_setup"
+        )
+        signals.worker_before_create_process.connect(
+            _on_before_create_process, weak=False, dispatch_uid="forkmem.before_create"
+        )
+        signals.worker_process_init.connect(
+            _on_process_init, weak=False, dispatch_uid="forkmem.process_init"
+        )
+        signals.worker_process_shutdown.connect(
+            _on_process_shutdown, weak=False, dispatch_uid="forkmem.process_shutdown"
+        )
+        _connected = True
+
+
+def _freeze_once(options: _Options) -> None:
+    global _frozen_with
+    if _frozen_with is not None:
+        return
+    from forkmem.freeze import frozen
+
+    warn_missing_bytecode()
+    with frozen(warmup=options.warmup, immortalize=options.immortalize) as report:
+        pass
+    _frozen_with = options
+    _logger.info(
+        "forkmem: froze %d objects in the Celery main process in %.3f s before the pool forks",
+        report.frozen_total,
+        report.seconds,
+    )
+
+
+def _on_after_setup(sender: Any = None, instance: Any = None, **kwargs: Any) -> None:
+    app = getattr(instance, "app", None)
+    options = _apps.get(app) if app is not None else None
+    if options is not None:
+        _freeze_once(options)
+
+
+def _on_before_create_process(sender: Any = None, **kwargs: Any) -> None:
+    # The pool carries no app; with exactly one installed app there is no ambiguity.
+    if _frozen_with is None and len(_apps) == 1:
+        _freeze_once(next(iter(_apps.values())))
+
+
+def _on_process_init(sender: Any = None, **kwargs: Any) -> None:
+    global _sampler
+    ensure_child_hooks()
+    options = _frozen_with
+    if options is not None and options.sample_memory:
+        _sampler = Sampler(duty_cycle=options.duty_cycle).start()
+
+
+def _on_process_shutdown(sender: Any = None, pid: Any = None, **kwargs: Any) -> None:
+    global _sampler
+    sampler, _sampler = _sampler, None
+    if sampler is not None:
+        sampler.stop_and_log(label="celery worker")

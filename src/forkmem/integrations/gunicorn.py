@@ -1,0 +1,130 @@
+"""gunicorn server hooks: freeze the preloaded app, run forkmem's child hooks, log worker memory.
+
+In ``gunicorn.conf.py``::
+
+    from forkmem.integrations.gunicorn import *  # noqa: F403
+
+    preload_app = True
+
+The import defines ``when_ready``, ``pre_fork``, ``post_fork``, ``worker_exit`` and
+``child_exit``; gunicorn picks them up by name.
+
+Where each hook runs (gunicorn's arbiter): the master loads the app (``preload_app``), opens the
+listeners, calls :func:`when_ready`, then for each worker :func:`pre_fork`, ``os.fork()``, and in
+the worker :func:`post_fork` before it starts serving. A worker that ends runs
+:func:`worker_exit`; the master reaps it and calls :func:`child_exit` (also after a ``SIGKILL``).
+
+This module does not import gunicorn: the hooks only use the objects gunicorn passes in.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from forkmem.errors import InvalidArgument
+from forkmem.integrations._common import ensure_child_hooks, route_logs, warn_missing_bytecode
+from forkmem.integrations._sampler import PeakSlot, Sampler, log_peak
+
+__all__ = ["child_exit", "post_fork", "pre_fork", "when_ready", "worker_exit"]
+
+_logger = logging.getLogger("forkmem.gunicorn")
+
+
+class _Settings:
+    warmup = False
+    immortalize = False
+    sample_memory = True
+    duty_cycle = 0.01
+
+
+_settings = _Settings()
+
+
+def configure(
+    *,
+    warmup: bool = False,
+    immortalize: bool = False,
+    sample_memory: bool = True,
+    duty_cycle: float = 0.01,
+) -> None:
+    """Change what the hooks do; call it in ``gunicorn.conf.py`` (the master reads the file).
+
+    ``warmup`` runs :func:`forkmem.warmup` instead of a plain collect-and-freeze in
+    :func:`when_ready` (``immortalize`` is passed on to it). ``sample_memory`` samples each
+    worker's peak private memory at most ``duty_cycle`` of one CPU, logged at :func:`child_exit`.
+    """
+    for name, value in (
+        ("warmup", warmup),
+        ("immortalize", immortalize),
+        ("sample_memory", sample_memory),
+    ):
+        if not isinstance(value, bool):
+            raise InvalidArgument(f"configure({name}=...) must be True or False; got {value!r}")
+    if immortalize and not warmup:
+        raise InvalidArgument("configure(immortalize=True) needs warmup=True")
+    if not isinstance(duty_cycle, (int, float)) or not 0 < duty_cycle <= 1:
+        raise InvalidArgument(f"configure(duty_cycle=...) must be in (0, 1]; got {duty_cycle!r}")
+    _settings.warmup = warmup
+    _settings.immortalize = immortalize
+    _settings.sample_memory = sample_memory
+    _settings.duty_cycle = float(duty_cycle)
+
+
+def when_ready(server: Any) -> None:
+    """Master, after the app is preloaded and before the first worker forks: collect and freeze.
+
+    Every worker then inherits the app's objects in the permanent generation, so its own
+    collections never touch (and copy) them. Without ``preload_app`` each worker imports the app
+    itself and nothing of it can be shared: a warning says so.
+    """
+    from forkmem.freeze import frozen
+
+    route_logs(getattr(getattr(server, "log", None), "error_log", None) or logging.getLogger())
+    cfg = getattr(server, "cfg", None)
+    if cfg is not None and not getattr(cfg, "preload_app", False):
+        _logger.warning(
+            "forkmem: preload_app is off, so every worker imports the app itself and nothing of "
+            "it can be shared; set preload_app = True"
+        )
+    warn_missing_bytecode()
+    with frozen(warmup=_settings.warmup, immortalize=_settings.immortalize) as report:
+        pass
+    _logger.info(
+        "forkmem: froze %d objects in the gunicorn master (pid %s) in %.3f s before forking",
+        report.frozen_total,
+        getattr(server, "pid", "?"),
+        report.seconds,
+    )
+
+
+def pre_fork(server: Any, worker: Any) -> None:
+    """Master, just before a worker forks: give it a shared slot for its memory peak."""
+    if _settings.sample_memory:
+        worker._forkmem_slot = PeakSlot()
+
+
+def post_fork(server: Any, worker: Any) -> None:
+    """Worker, just after the fork: forkmem's child hooks (once), then the memory sampler."""
+    ensure_child_hooks()
+    slot = getattr(worker, "_forkmem_slot", None)
+    if _settings.sample_memory and slot is not None:
+        worker._forkmem_sampler = Sampler(slot=slot, duty_cycle=_settings.duty_cycle).start()
+
+
+def worker_exit(server: Any, worker: Any) -> None:
+    """Worker, on its way out: one last sample, so the master sees the final peak."""
+    sampler = getattr(worker, "_forkmem_sampler", None)
+    if sampler is not None:
+        sampler.stop()
+
+
+def child_exit(server: Any, worker: Any) -> None:
+    """Master, after reaping a worker (however it ended): log the worker's peak private memory."""
+    slot = getattr(worker, "_forkmem_slot", None)
+    if slot is None:
+        return
+    try:
+        log_peak(slot.read(), label="gunicorn worker", pid=getattr(worker, "pid", None))
+    finally:
+        slot.close()

@@ -1,0 +1,320 @@
+"""Worker pools whose workers start from a frozen heap.
+
+The pattern is Airflow LocalExecutor's: collect, ``gc.freeze()``, start every worker, then
+unfreeze in the parent. Each worker keeps its inherited heap in the permanent generation, so its
+own ``gc.collect()`` never writes to (and copies) the parent's pages.
+
+Where the freeze has to happen depends on the start method:
+
+- ``"fork"``: in the parent, around the start of the workers (here). Workers that the pool starts
+  later (``maxtasksperchild``, a crashed worker) are started under a young-collect-then-freeze.
+- ``"forkserver"``: workers are forked from the fork server, not from the parent, so the freeze
+  has to run *inside the fork server*, after the modules it preloads. forkmem appends
+  :mod:`forkmem._forkserver_preload` to the preload list, last, before the server starts.
+- ``"spawn"``: every worker is a fresh interpreter; nothing can be shared. A
+  :class:`~forkmem.ForkmemWarning` says so and a plain pool is returned.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import multiprocessing
+import multiprocessing.context
+import multiprocessing.pool
+import os
+import threading
+import warnings
+from concurrent.futures import ProcessPoolExecutor
+from typing import TYPE_CHECKING, Any
+
+from forkmem.errors import ForkmemWarning, InvalidArgument
+from forkmem.freeze import freeze_around_fork, frozen
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable
+
+__all__ = ["fork_pool", "process_pool_executor"]
+
+_logger = logging.getLogger("forkmem.pool")
+
+#: Module the fork server imports last; importing it freezes the fork server's heap.
+PRELOAD_MODULE = "forkmem._forkserver_preload"
+_WARMUP_ENV = "FORKMEM_FORKSERVER_WARMUP"
+
+# Set while a pool starts its first workers inside a frozen() block, in that thread only:
+# those starts need no per-start freeze. Workers the pool restarts later (from its own
+# handler thread) do.
+_bulk = threading.local()
+
+
+def _in_bulk_start() -> bool:
+    return bool(getattr(_bulk, "active", False))
+
+
+def _resolve_context(
+    context: str | multiprocessing.context.BaseContext | None,
+) -> multiprocessing.context.BaseContext:
+    if context is None:
+        return multiprocessing.get_context()
+    if isinstance(context, str):
+        try:
+            return multiprocessing.get_context(context)
+        except ValueError as exc:
+            raise InvalidArgument(
+                f"context must be a multiprocessing start method "
+                f"({', '.join(multiprocessing.get_all_start_methods())}) or a context; "
+                f"got {context!r}"
+            ) from exc
+    if isinstance(context, multiprocessing.context.BaseContext):
+        return context
+    raise InvalidArgument(
+        f"context must be None, a start method name or a multiprocessing context; got {context!r}"
+    )
+
+
+def _check_count(name: str, value: object) -> None:
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise InvalidArgument(f"{name} must be a positive integer or None; got {value!r}")
+
+
+def _check_flags(**flags: object) -> None:
+    for name, value in flags.items():
+        if not isinstance(value, bool):
+            raise InvalidArgument(f"{name} must be True or False; got {value!r}")
+
+
+def _warn_spawn(what: str) -> None:
+    warnings.warn(
+        f"{what} uses the 'spawn' start method: every worker is a fresh interpreter, so nothing "
+        "of the parent's heap can be shared; forkmem leaves the pool as it is. Use 'fork' or "
+        "'forkserver' to share memory.",
+        ForkmemWarning,
+        stacklevel=3,
+    )
+
+
+def _prepare_forkserver(warmup: bool) -> None:
+    """Put forkmem's freeze last in the fork server's preload list, if it has not started yet."""
+    from multiprocessing import forkserver
+
+    server = forkserver._forkserver
+    preload = list(getattr(server, "_preload_modules", None) or [])
+    running = getattr(server, "_forkserver_pid", None) is not None
+    if running:
+        if preload and preload[-1] == PRELOAD_MODULE:
+            return
+        warnings.warn(
+            "the multiprocessing fork server is already running without forkmem's preload: its "
+            "heap is not frozen, so workers forked from it copy what their gc.collect() visits. "
+            "Create forkmem pools before anything else starts the fork server.",
+            ForkmemWarning,
+            stacklevel=4,
+        )
+        return
+    modules = [m for m in preload if m != PRELOAD_MODULE]
+    modules.append(PRELOAD_MODULE)
+    multiprocessing.set_forkserver_preload(modules)
+    # Start it now, so the freeze happens here and not at some later submit(); the server reads
+    # the warmup flag from the environment it inherits, which is put back right after.
+    previous = os.environ.get(_WARMUP_ENV)
+    if warmup:
+        os.environ[_WARMUP_ENV] = "1"
+    else:
+        os.environ.pop(_WARMUP_ENV, None)
+    try:
+        forkserver.ensure_running()
+    finally:
+        if previous is None:
+            os.environ.pop(_WARMUP_ENV, None)
+        else:
+            os.environ[_WARMUP_ENV] = previous
+
+
+class _ForkmemForkProcess(multiprocessing.context.ForkProcess):
+    """A ForkProcess whose late starts (pool restarts) happen under a young-collect freeze."""
+
+    def start(self) -> None:
+        if _in_bulk_start():
+            super().start()
+            return
+        # The per-fork freeze steps aside when a frozen() block keeps the parent heap frozen.
+        handle = freeze_around_fork("young")
+        try:
+            super().start()
+        finally:
+            handle.remove()
+
+
+class _ForkmemPool(multiprocessing.pool.Pool):
+    @staticmethod
+    def Process(ctx: Any, *args: Any, **kwds: Any) -> Any:
+        if ctx.Process is multiprocessing.context.ForkProcess:
+            return _ForkmemForkProcess(*args, **kwds)
+        return ctx.Process(*args, **kwds)
+
+
+class _ForkmemExecutor(ProcessPoolExecutor):
+    _forkmem_fork: bool = False
+
+    def _spawn_process(self) -> None:
+        if not self._forkmem_fork or _in_bulk_start():
+            super()._spawn_process()  # type: ignore[misc]
+            return
+        handle = freeze_around_fork("young")
+        try:
+            super()._spawn_process()  # type: ignore[misc]
+        finally:
+            handle.remove()
+
+
+def _start_method(ctx: multiprocessing.context.BaseContext) -> str:
+    method = ctx.get_start_method()
+    return method if isinstance(method, str) else "fork"
+
+
+def _init_worker(
+    sample_memory: bool,
+    initializer: Callable[..., object] | None,
+    initargs: tuple[Any, ...],
+) -> None:
+    if sample_memory:
+        from multiprocessing import util
+
+        from forkmem.integrations._sampler import Sampler
+
+        sampler = Sampler().start()
+        # Pool workers leave through os._exit: atexit never runs, multiprocessing's
+        # finalizers (exitpriority set) do.
+        util.Finalize(
+            sampler, sampler.stop_and_log, kwargs={"label": "pool worker"}, exitpriority=10
+        )
+    if initializer is not None:
+        initializer(*initargs)
+
+
+def _wrapped_initializer(
+    sample_memory: bool,
+    initializer: Callable[..., object] | None,
+    initargs: Iterable[Any],
+) -> tuple[Callable[..., object] | None, tuple[Any, ...]]:
+    args = tuple(initargs)
+    if initializer is not None and not callable(initializer):
+        raise InvalidArgument(f"initializer must be callable; got {initializer!r}")
+    if not sample_memory:
+        return initializer, args
+    return functools.partial(_init_worker, sample_memory, initializer, args), ()
+
+
+def fork_pool(
+    processes: int | None = None,
+    initializer: Callable[..., object] | None = None,
+    initargs: Iterable[Any] = (),
+    maxtasksperchild: int | None = None,
+    *,
+    context: str | multiprocessing.context.BaseContext | None = None,
+    unfreeze: bool = True,
+    warmup: bool = False,
+    sample_memory: bool = False,
+) -> multiprocessing.pool.Pool:
+    """A :class:`multiprocessing.pool.Pool` whose workers start from a frozen parent heap.
+
+    Takes :class:`multiprocessing.pool.Pool`'s arguments, plus:
+
+    - ``context``: a start method name (``"fork"``, ``"forkserver"``, ``"spawn"``) or a
+      multiprocessing context; ``None`` uses multiprocessing's current default.
+    - ``unfreeze``: under ``"fork"``, unfreeze the parent once its workers have started (the
+      default, LocalExecutor's pattern: the parent's own garbage stays collectable). ``False``
+      keeps the parent heap frozen, for parents that will fork again.
+    - ``warmup``: run :func:`forkmem.warmup` instead of a plain collect-and-freeze (in the
+      parent under ``"fork"``, in the fork server under ``"forkserver"``).
+    - ``sample_memory``: each worker samples its own peak USS and private dirty memory (at most
+      1% of one CPU) and logs it on the ``"forkmem"`` logger when it exits.
+
+    Under ``"forkserver"`` the freeze runs inside the fork server after its own preloads (put
+    the modules your workers share in :func:`multiprocessing.set_forkserver_preload` *before*
+    calling this). Under ``"spawn"`` nothing can be shared: a :class:`~forkmem.ForkmemWarning`
+    is issued and an ordinary pool returned.
+    """
+    _check_count("processes", processes)
+    _check_count("maxtasksperchild", maxtasksperchild)
+    _check_flags(unfreeze=unfreeze, warmup=warmup, sample_memory=sample_memory)
+    ctx = _resolve_context(context)
+    init, args = _wrapped_initializer(sample_memory, initializer, initargs)
+    method = _start_method(ctx)
+    if method == "spawn":
+        _warn_spawn("fork_pool()")
+        return ctx.Pool(processes, init, args, maxtasksperchild)
+    if method == "forkserver":
+        _prepare_forkserver(warmup)
+        return _ForkmemPool(processes, init, args, maxtasksperchild, context=ctx)
+    with frozen(unfreeze=unfreeze, warmup=warmup) as report:
+        _bulk.active = True
+        try:
+            pool = _ForkmemPool(processes, init, args, maxtasksperchild, context=ctx)
+        finally:
+            _bulk.active = False
+    _logger.debug(
+        "fork_pool: %d workers started from a frozen heap (%d objects, %.3f s)",
+        len(pool._pool),  # type: ignore[attr-defined]
+        report.frozen_total,
+        report.seconds,
+    )
+    return pool
+
+
+def process_pool_executor(
+    max_workers: int | None = None,
+    initializer: Callable[..., object] | None = None,
+    initargs: Iterable[Any] = (),
+    *,
+    max_tasks_per_child: int | None = None,
+    context: str | multiprocessing.context.BaseContext | None = None,
+    unfreeze: bool = True,
+    warmup: bool = False,
+    sample_memory: bool = False,
+) -> ProcessPoolExecutor:
+    """A :class:`concurrent.futures.ProcessPoolExecutor` whose workers start from a frozen heap.
+
+    The options are those of :func:`fork_pool`. Under ``"fork"`` every worker is started here,
+    at once, inside the freeze (the stdlib would start them at the first ``submit()``, from
+    whatever heap the parent has by then). Under ``"forkserver"`` the fork server freezes its
+    heap after its preloads and workers start on demand, as usual. ``max_tasks_per_child``
+    needs Python 3.11+ and a start method other than ``"fork"`` (a stdlib rule).
+    """
+    _check_count("max_workers", max_workers)
+    _check_count("max_tasks_per_child", max_tasks_per_child)
+    _check_flags(unfreeze=unfreeze, warmup=warmup, sample_memory=sample_memory)
+    ctx = _resolve_context(context)
+    init, args = _wrapped_initializer(sample_memory, initializer, initargs)
+    extra: dict[str, Any] = {}
+    if max_tasks_per_child is not None:
+        extra["max_tasks_per_child"] = max_tasks_per_child
+    method = _start_method(ctx)
+    try:
+        if method == "spawn":
+            _warn_spawn("process_pool_executor()")
+            return ProcessPoolExecutor(max_workers, ctx, init, args, **extra)
+        if method == "forkserver":
+            _prepare_forkserver(warmup)
+            return _ForkmemExecutor(max_workers, ctx, init, args, **extra)
+        with frozen(unfreeze=unfreeze, warmup=warmup):
+            executor = _ForkmemExecutor(max_workers, ctx, init, args, **extra)
+            executor._forkmem_fork = True
+            _bulk.active = True
+            try:
+                # Start them all now, from the frozen heap; with every slot filled the
+                # executor never forks on submit().
+                executor._launch_processes()  # type: ignore[attr-defined]
+            finally:
+                _bulk.active = False
+    except TypeError as exc:
+        # e.g. max_tasks_per_child on 3.10: say which argument, not a stdlib traceback.
+        raise InvalidArgument(f"process_pool_executor(): {exc}") from exc
+    except ValueError as exc:
+        if isinstance(exc, InvalidArgument):
+            raise
+        raise InvalidArgument(f"process_pool_executor(): {exc}") from exc
+    return executor

@@ -1,0 +1,158 @@
+"""A real Celery worker (prefork pool, filesystem broker, file results) from examples/celery_app.py.
+
+The worker's app builds ~100 MiB of small objects and calls ``forkmem.integrations.celery.install``.
+The test asks the example to record, from a forkmem fork hook, the pid of every child it forks;
+tasks return the pid of the child that ran them and its private memory after ``gc.collect()``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import psutil
+import pytest
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+celery = pytest.importorskip("celery")
+
+pytestmark = [pytest.mark.integration, pytest.mark.linux_only, pytest.mark.timeout(150)]
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+CONCURRENCY = 2
+MiB = 2**20
+
+
+def _client(data: Path) -> Any:
+    """A light client app on the same broker (it does not import the example's heap)."""
+    (data / "control").mkdir(parents=True, exist_ok=True)
+    app = celery.Celery("client", broker="filesystem://", backend=f"file://{data / 'results'}")
+    app.conf.update(
+        broker_transport_options={
+            "data_folder_in": str(data / "queue"),
+            "data_folder_out": str(data / "queue"),
+            "processed_folder": str(data / "processed"),
+            "control_folder": str(data / "control"),
+            "store_processed": False,
+            "polling_interval": 0.1,
+        },
+        task_serializer="json",
+        result_serializer="json",
+        accept_content=["json"],
+    )
+    return app
+
+
+@contextlib.contextmanager
+def _worker(
+    data: Path, pid_dir: Path, log: Path, *, forkmem: bool = True
+) -> Iterator[subprocess.Popen[bytes]]:
+    for sub in ("queue", "processed", "results", "control"):
+        (data / sub).mkdir(parents=True, exist_ok=True)
+    env = dict(
+        os.environ,
+        FORKMEM_CELERY_DIR=str(data),
+        FORKMEM_EXAMPLE_PID_DIR=str(pid_dir),
+        FORKMEM_DISABLE="0" if forkmem else "1",
+    )
+    cmd = [
+        sys.executable, "-m", "celery", "-A", "celery_app", "worker",
+        "--pool=prefork", f"--concurrency={CONCURRENCY}", "--loglevel=INFO",
+        "--without-heartbeat", "--without-gossip", "--without-mingle",
+    ]  # fmt: skip
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            cmd, cwd=EXAMPLES, env=env, stdout=out, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )  # fmt: skip
+        try:
+            deadline = time.monotonic() + 45
+            while "ready." not in log.read_text():
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise AssertionError(f"the Celery worker did not start:\n{log.read_text()}")
+                time.sleep(0.2)
+            yield proc
+        finally:
+            _stop(proc)
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)  # warm shutdown: children leave normally and log
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=20)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(timeout=5)
+
+
+def _pool_children(proc: subprocess.Popen[bytes]) -> set[int]:
+    return {child.pid for child in psutil.Process(proc.pid).children()}
+
+
+def test_hooks_fire_in_every_child_and_memory_stays_shared(tmp_path: Path) -> None:
+    data, pid_dir, log = tmp_path / "broker", tmp_path / "pids", tmp_path / "worker.log"
+    pid_dir.mkdir()
+    client = _client(data)
+    with _worker(data, pid_dir, log) as proc:
+        children = _pool_children(proc)
+        results = [client.send_task("celery_app.private_after_collect") for _ in range(6)]
+        pids = [client.send_task("celery_app.whoami") for _ in range(4)]
+        reports = [r.get(timeout=30, interval=0.1) for r in results]
+        whoami = [r.get(timeout=30, interval=0.1) for r in pids]
+    assert len(children) == CONCURRENCY
+    hooked = {int(p.name): p.read_text().splitlines() for p in pid_dir.iterdir()}
+    # forkmem's after-fork hooks ran in every pool child, exactly once each.
+    assert set(hooked) == children, (hooked, children)
+    assert all(lines == ["after_in_child"] for lines in hooked.values()), hooked
+    assert {r["pid"] for r in reports} | set(whoami) <= children
+    heap = reports[0]["heap_bytes"]
+    assert heap > 80 * MiB
+    for report in reports:
+        assert report["uss"] < 0.10 * heap, f"{report['uss'] / MiB:.1f} MiB of {heap / MiB:.0f}"
+    text = log.read_text()
+    assert not (EXAMPLES / "control").exists()  # the broker's files stay in tmp_path
+    assert "forkmem: froze" in text
+    # Each child logged its peak private memory when the warm shutdown let it exit.
+    logged = {
+        int(line.split("celery worker pid ")[1].split()[0])
+        for line in text.splitlines()
+        if "celery worker pid" in line and "peak private memory" in line
+    }
+    assert logged == children, text
+
+
+def test_without_forkmem_children_copy_the_heap(tmp_path: Path) -> None:
+    data, pid_dir, log = tmp_path / "broker", tmp_path / "pids", tmp_path / "worker.log"
+    pid_dir.mkdir()
+    client = _client(data)
+    with _worker(data, pid_dir, log, forkmem=False):
+        report = client.send_task("celery_app.private_after_collect").get(timeout=30, interval=0.1)
+    assert report["uss"] > 0.30 * report["heap_bytes"], report
+    assert "forkmem: froze" not in log.read_text()
+
+
+@pytest.mark.parametrize(
+    ("args", "kwargs"),
+    [
+        ((object(),), {}),
+        ((celery.Celery("x"),), {"warmup": "yes"}),
+        ((celery.Celery("x"),), {"immortalize": True}),
+        ((celery.Celery("x"),), {"duty_cycle": 0}),
+    ],
+)
+def test_install_rejects_bad_arguments(args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+    from forkmem.errors import InvalidArgument
+    from forkmem.integrations.celery import install
+
+    with pytest.raises(InvalidArgument):
+        install(*args, **kwargs)
