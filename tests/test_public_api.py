@@ -43,7 +43,8 @@ def test_public_name_is_documented(module: str, name: str, obj: object) -> None:
         return
     if inspect.isclass(obj) or callable(obj):
         assert inspect.getdoc(obj), f"{module}.{name} has no docstring"
-    pattern = rf"(?<![\w.]){re.escape(module)}\.{re.escape(name)}\b|::: {re.escape(module)}\.{re.escape(name)}\b"
+    qualified = rf"{re.escape(module)}\.{re.escape(name)}\b"
+    pattern = rf"(?<![\w.]){qualified}|::: {qualified}"
     assert re.search(pattern, _docs_text()), f"{module}.{name} is not mentioned in docs/"
 
 

@@ -47,7 +47,9 @@ def parse_size(value: str | int | float) -> int:
     match = _SIZE_RE.match(value)
     unit = match.group(2).lower() if match else None
     if match is None or unit not in _UNITS:
-        raise InvalidArgument(f"cannot read {value!r} as a size; write it like '512 KiB' or '5 MiB'")
+        raise InvalidArgument(
+            f"cannot read {value!r} as a size; write it like '512 KiB' or '5 MiB'"
+        )
     return int(float(match.group(1)) * _UNITS[unit])
 
 

@@ -92,4 +92,4 @@ class CopyLimitExceeded(ForkmemError, AssertionError):
 
 
 class ForkmemWarning(UserWarning):
-    """Warnings about setups where copy-on-write sharing cannot work (e.g. the spawn start method)."""
+    """Warns of setups where copy-on-write sharing cannot work (e.g. the spawn start method)."""

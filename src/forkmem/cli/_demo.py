@@ -6,17 +6,19 @@ and the memory each child copied from its parent, measured from the kernel's sma
 
 from __future__ import annotations
 
-import argparse
 import gc
 import json
 import os
 import select
 import time
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from forkmem._units import format_bytes
 from forkmem.errors import InvalidArgument, UnsupportedPlatform
+
+if TYPE_CHECKING:
+    import argparse
 
 _MIB = 1024 * 1024
 

@@ -1,0 +1,174 @@
+"""Writing pycs for :func:`forkmem.compile_bytecode`: in process, or in fresh interpreters.
+
+py_compile writes atomically (temporary file + ``os.replace``) and creates the cache
+directory, so a reader never sees half a pyc. Workers are ``sys.executable -I`` subprocesses
+fed a JSON job list on stdin: no fork, so nothing in this process (locks, threads) matters.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+__all__ = ["CompileFailure", "CompileResult"]
+
+MODES = ("timestamp", "checked-hash", "unchecked-hash")
+_ENUM = {
+    "timestamp": "TIMESTAMP",
+    "checked-hash": "CHECKED_HASH",
+    "unchecked-hash": "UNCHECKED_HASH",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    source: str
+    cache: str
+    optimization: int
+    mode: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class CompileFailure:
+    """A file :func:`forkmem.compile_bytecode` could not compile or write."""
+
+    source: str
+    """The source file."""
+    cache: str
+    """The pyc it should have written."""
+    error: str
+    """The error message (compiler message for a syntax error, OS error otherwise)."""
+    syntax_error: bool
+    """True when the source does not compile (the file is broken, not the cache)."""
+
+
+@dataclass(frozen=True, slots=True)
+class CompileResult:
+    """Result of :func:`forkmem.compile_bytecode`."""
+
+    written: tuple[str, ...]
+    """The pyc files written."""
+    failed: tuple[CompileFailure, ...]
+    """The files that could not be compiled or written, with the reason."""
+
+    @property
+    def ok(self) -> bool:
+        """True when nothing failed."""
+        return not self.failed
+
+    def summary(self) -> str:
+        """One line for humans."""
+        text = f"wrote {len(self.written)} pyc files"
+        if self.failed:
+            syntax = sum(f.syntax_error for f in self.failed)
+            text += f", {len(self.failed)} failed ({syntax} syntax errors)"
+        return text
+
+    def as_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict."""
+        return {
+            "ok": self.ok,
+            "written": list(self.written),
+            "failed": [
+                {
+                    "source": f.source,
+                    "cache": f.cache,
+                    "error": f.error,
+                    "syntax_error": f.syntax_error,
+                }
+                for f in self.failed
+            ],
+        }
+
+
+def default_mode() -> str:
+    # Same rule as py_compile: reproducible builds (SOURCE_DATE_EPOCH) get checked-hash pycs.
+    return "checked-hash" if os.environ.get("SOURCE_DATE_EPOCH") else "timestamp"
+
+
+# Runs in a fresh interpreter; only the standard library, never the files it compiles.
+_WORKER = r"""
+import json, sys, warnings, py_compile
+warnings.simplefilter("ignore")
+out = []
+for src, cfile, opt, mode in json.load(sys.stdin):
+    try:
+        py_compile.compile(src, cfile=cfile, doraise=True, optimize=opt,
+                           invalidation_mode=py_compile.PycInvalidationMode[mode])
+        out.append([src, cfile, None, False])
+    except py_compile.PyCompileError as exc:
+        out.append([src, cfile, exc.msg, True])
+    except (OSError, ValueError) as exc:
+        out.append([src, cfile, str(exc), False])
+json.dump(out, sys.stdout)
+"""
+
+
+def _compile_one(job: list[Any]) -> list[Any]:
+    import py_compile
+    import warnings
+
+    src, cfile, opt, mode = job
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # SyntaxWarnings belong to the package's authors
+            py_compile.compile(
+                src,
+                cfile=cfile,
+                doraise=True,
+                optimize=opt,
+                invalidation_mode=py_compile.PycInvalidationMode[mode],
+            )
+    except py_compile.PyCompileError as exc:
+        return [src, cfile, exc.msg, True]
+    except (OSError, ValueError) as exc:
+        return [src, cfile, str(exc), False]
+    return [src, cfile, None, False]
+
+
+def _run_worker(chunk: list[list[Any]]) -> list[list[Any]]:
+    import json
+    import subprocess
+    import sys
+
+    proc = subprocess.run(
+        [sys.executable, "-I", "-c", _WORKER],
+        input=json.dumps(chunk),
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if proc.returncode != 0:
+        err = (proc.stderr.strip().splitlines() or ["worker failed"])[-1]
+        return [
+            [src, cfile, f"compile worker exited {proc.returncode}: {err}", False]
+            for src, cfile, *_ in chunk
+        ]
+    result: list[list[Any]] = json.loads(proc.stdout)
+    return result
+
+
+def run(jobs: Sequence[Job], *, workers: int) -> CompileResult:
+    default = default_mode()
+    raw = [[j.source, j.cache, j.optimization, _ENUM[j.mode or default]] for j in jobs]
+    if workers == 0 or len(raw) <= 1:
+        rows = [_compile_one(job) for job in raw]
+    else:
+        from concurrent.futures import ThreadPoolExecutor
+
+        n = min(workers, len(raw))
+        chunks = [raw[i::n] for i in range(n)]
+        # Threads only wait on the subprocesses; the compiling happens in them.
+        with ThreadPoolExecutor(max_workers=n) as pool:
+            rows = [row for part in pool.map(_run_worker, chunks) for row in part]
+    written = tuple(cfile for _src, cfile, err, _syn in rows if err is None)
+    failed = tuple(
+        CompileFailure(src, cfile, err, bool(syn))
+        for src, cfile, err, syn in rows
+        if err is not None
+    )
+    return CompileResult(written=written, failed=failed)

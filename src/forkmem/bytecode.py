@@ -1,0 +1,585 @@
+"""Bytecode-cache check: which modules must every new process compile from source?
+
+A missing or stale ``.pyc`` costs every new interpreter (and every forked child that imports
+late) CPU time and private, never-shared memory for compiling; where ``__pycache__`` cannot be
+written the importer retries the write on every start. :func:`check_bytecode` finds those
+files without importing or executing anything, :func:`compile_bytecode` fixes them on request
+and :func:`warn_if_missing_bytecode` logs one warning at service start.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass, field
+from types import ModuleType
+from typing import TYPE_CHECKING, Any, Literal, Union
+
+from forkmem import _pyc
+from forkmem._pycompile import CompileFailure, CompileResult
+from forkmem._units import format_bytes
+from forkmem.errors import InvalidArgument, UnsupportedRuntime
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable, Mapping
+
+__all__ = [
+    "BytecodeFile",
+    "BytecodeProblem",
+    "BytecodeReport",
+    "BytecodeStatus",
+    "CompileFailure",
+    "CompileResult",
+    "SkippedModule",
+    "check_bytecode",
+    "compile_bytecode",
+    "warn_if_missing_bytecode",
+]
+
+BytecodeStatus = Literal["ok", "missing", "stale", "unwritable", "sourceless"]
+"""Status of one module file; see :class:`BytecodeFile`."""
+
+STATUSES: tuple[BytecodeStatus, ...] = ("ok", "missing", "stale", "unwritable", "sourceless")
+_UNCACHED = frozenset({"missing", "stale", "unwritable"})
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+
+@dataclass(frozen=True, slots=True)
+class BytecodeFile:
+    """The bytecode-cache state of one source (or sourceless pyc) file.
+
+    ``status`` is one of:
+
+    * ``"ok"``: a pyc the importer will accept is in place;
+    * ``"missing"``: no pyc; every new process compiles the source;
+    * ``"stale"``: a pyc exists but the importer rejects it (source edited: mtime/size or
+      source hash differ; another Python's magic number; truncated or unreadable);
+    * ``"unwritable"``: no valid pyc *and* this user cannot write the cache directory, so every
+      new process compiles the source and tries (and fails) to write the pyc again;
+    * ``"sourceless"``: only a pyc exists (loaded without a source, nothing to check).
+    """
+
+    source: str | None
+    """The ``.py`` file (``None`` for a sourceless pyc)."""
+    cache: str | None
+    """The pyc path the importer reads: ``__pycache__/NAME.TAG[.opt-N].pyc`` or under
+    ``sys.pycache_prefix``; for a sourceless file, the pyc itself."""
+    status: BytecodeStatus
+    """See above."""
+    reason: str
+    """Why, in words (e.g. ``"source mtime differs from the pyc's (source edited)"``)."""
+    size: int
+    """Bytes of source a new process compiles when the pyc is not usable (pyc size when
+    sourceless)."""
+    module: str | None = None
+    """Module name when checked from loaded modules, else ``None``."""
+    invalidation: str | None = None
+    """Invalidation mode of the existing pyc: ``"timestamp"``, ``"checked-hash"``,
+    ``"unchecked-hash"``, or ``None`` when there is no readable pyc."""
+
+
+_Row = tuple[str | None, str | None, BytecodeStatus, str, int, str | None, str | None]
+_ROW_FIELDS = ("source", "cache", "status", "reason", "size", "module", "invalidation")
+
+
+@dataclass(frozen=True, slots=True)
+class SkippedModule:
+    """A module or path that has no bytecode cache to check (builtin, frozen, zip, ...)."""
+
+    name: str | None
+    """Module name (``None`` for a path given directly)."""
+    path: str
+    """Its origin or path (may be empty)."""
+    reason: str
+    """Why it was skipped."""
+
+
+@dataclass(frozen=True, slots=True)
+class BytecodeProblem:
+    """A path the check could not look into: unreadable directory, symlink loop, ..."""
+
+    path: str
+    """The path."""
+    reason: str
+    """What went wrong; the check went on with everything else."""
+
+
+@dataclass(frozen=True, slots=True)
+class BytecodeReport:
+    """Result of :func:`check_bytecode`."""
+
+    _rows: tuple[_Row, ...] = field(repr=False)
+    # One plain tuple per file, in BytecodeFile's field order: building thousands of frozen
+    # dataclasses costs more than the check itself, so :attr:`files` builds them on first use.
+    skipped: tuple[SkippedModule, ...]
+    """Modules/paths with nothing to check, with the reason."""
+    problems: tuple[BytecodeProblem, ...]
+    """Paths that could not be read (they do not affect :attr:`ok`)."""
+    optimization: int
+    """Optimization level whose pyc names were checked (0, 1 -> ``opt-1``, 2 -> ``opt-2``)."""
+    cache_tag: str
+    """``sys.implementation.cache_tag``, e.g. ``"cpython-312"``."""
+    pycache_prefix: str | None
+    """``sys.pycache_prefix`` in force (``PYTHONPYCACHEPREFIX`` / ``-X pycache_prefix``)."""
+    dont_write_bytecode: bool
+    """``sys.dont_write_bytecode`` (``PYTHONDONTWRITEBYTECODE`` / ``-B``): when True this
+    interpreter never writes a pyc, so missing ones stay missing."""
+    check_source: str
+    """``--check-hash-based-pycs`` mode: ``"default"``, ``"always"`` or ``"never"``."""
+    scope: Literal["modules", "paths"]
+    """What was checked: loaded modules or paths."""
+    paths: tuple[str, ...] = ()
+    """The paths checked (empty for modules)."""
+    counts: Mapping[str, int] = field(default_factory=dict)
+    """Number of files per status (every status present, zeros included)."""
+    _files: tuple[BytecodeFile, ...] | None = field(
+        default=None, init=False, repr=False, compare=False
+    )
+
+    @property
+    def files(self) -> tuple[BytecodeFile, ...]:
+        """Every source (and sourceless pyc) found, sorted by path."""
+        if self._files is None:
+            object.__setattr__(self, "_files", tuple(BytecodeFile(*r) for r in self._rows))
+        return self._files  # type: ignore[return-value]
+
+    @property
+    def ok(self) -> bool:
+        """True when no file is missing, stale or unwritable."""
+        return not any(self.counts.get(s, 0) for s in _UNCACHED)
+
+    @property
+    def uncached(self) -> tuple[BytecodeFile, ...]:
+        """The files every new process must compile (missing, stale, unwritable)."""
+        return tuple(BytecodeFile(*r) for r in self._rows if r[2] in _UNCACHED)
+
+    @property
+    def uncached_bytes(self) -> int:
+        """Source bytes each new process compiles because their pyc is not usable."""
+        return sum(r[4] for r in self._rows if r[2] in _UNCACHED)
+
+    def by_status(self, status: BytecodeStatus) -> tuple[BytecodeFile, ...]:
+        """The files with ``status``."""
+        if status not in STATUSES:
+            raise InvalidArgument(f"status must be one of {', '.join(STATUSES)}, not {status!r}")
+        return tuple(BytecodeFile(*r) for r in self._rows if r[2] == status)
+
+    def summary(self) -> str:
+        """A short human summary (a few lines)."""
+        what = "loaded modules" if self.scope == "modules" else ", ".join(self.paths)
+        n = len(self._rows)
+        parts = ", ".join(f"{self.counts[s]} {s}" for s in STATUSES if self.counts.get(s))
+        level = f"opt-{self.optimization} " if self.optimization else ""
+        lines = [
+            f"bytecode cache ({level}{self.cache_tag}) of {what}: {n} files: {parts or 'none'}"
+        ]
+        if self.ok:
+            lines.append("every source file has a valid pyc")
+        else:
+            bad = len(self.uncached)
+            lines.append(
+                f"{bad} files ({format_bytes(self.uncached_bytes)} of source) are compiled "
+                "by every new process"
+            )
+        if self.counts.get("unwritable"):
+            lines.append(
+                f"{self.counts['unwritable']} of them sit where this user (uid {_euid()}) "
+                "cannot write the cache; the importer retries the write at every start"
+            )
+        if self.dont_write_bytecode:
+            lines.append("sys.dont_write_bytecode is set: this interpreter never writes pycs")
+        if self.pycache_prefix:
+            lines.append(f"pycs are looked up under the pycache prefix {self.pycache_prefix}")
+        if self.skipped:
+            lines.append(f"{len(self.skipped)} skipped (builtin, frozen, zip, extension, ...)")
+        if self.problems:
+            lines.append(f"{len(self.problems)} paths could not be read (see problems)")
+        return "\n".join(lines)
+
+    def as_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict of the whole report."""
+        return {
+            "ok": self.ok,
+            "scope": self.scope,
+            "paths": list(self.paths),
+            "counts": dict(self.counts),
+            "files_total": len(self._rows),
+            "uncached_bytes": self.uncached_bytes,
+            "optimization": self.optimization,
+            "cache_tag": self.cache_tag,
+            "pycache_prefix": self.pycache_prefix,
+            "dont_write_bytecode": self.dont_write_bytecode,
+            "check_source": self.check_source,
+            "files": [dict(zip(_ROW_FIELDS, r, strict=True)) for r in self._rows],
+            "skipped": [{"name": s.name, "path": s.path, "reason": s.reason} for s in self.skipped],
+            "problems": [{"path": p.path, "reason": p.reason} for p in self.problems],
+        }
+
+    def to_json(self, *, indent: int | None = 2) -> str:
+        """:meth:`as_dict` as a JSON string."""
+        import json
+
+        return json.dumps(self.as_dict(), indent=indent)
+
+
+def _euid() -> int:
+    return os.geteuid() if hasattr(os, "geteuid") else -1
+
+
+def _fspath(p: object, what: str) -> str:
+    try:
+        path = os.fspath(p)  # type: ignore[call-overload]
+    except TypeError:
+        raise InvalidArgument(
+            f"{what} must be str or os.PathLike, not {type(p).__name__}"
+        ) from None
+    if not isinstance(path, str):
+        raise InvalidArgument(f"{what} must be str or os.PathLike[str], not bytes")
+    return path
+
+
+def _normalize_paths(paths: PathLike | Iterable[PathLike]) -> list[str]:
+    if isinstance(paths, (str, os.PathLike)):
+        items: list[object] = [paths]
+    else:
+        try:
+            items = list(paths)
+        except TypeError:
+            raise InvalidArgument(
+                f"paths must be a path or an iterable of paths, not {type(paths).__name__}"
+            ) from None
+    out: list[str] = []
+    for item in items:
+        path = _fspath(item, "each path")
+        if not path:
+            raise InvalidArgument("an empty string is not a path")
+        if not os.path.lexists(path):
+            raise InvalidArgument(f"no such file or directory: {path!r}")
+        out.append(os.path.abspath(path))
+    if not out:
+        raise InvalidArgument("paths is empty: give at least one file or directory")
+    return out
+
+
+def _module_items(modules: Iterable[ModuleType | str] | None) -> list[tuple[str, object]]:
+    if modules is None:
+        return list(sys.modules.items())
+    if isinstance(modules, (str, ModuleType)):
+        modules = [modules]
+    items: list[tuple[str, object]] = []
+    for m in modules:
+        if isinstance(m, str):
+            mod = sys.modules.get(m)
+            if mod is None:
+                # Never import to find out: a name that is not loaded has nothing to check.
+                raise InvalidArgument(f"module {m!r} is not loaded (forkmem never imports it)")
+            items.append((m, mod))
+        elif isinstance(m, ModuleType):
+            items.append((m.__name__, m))
+        else:
+            raise InvalidArgument(f"modules must hold modules or names, not {type(m).__name__}")
+    return items
+
+
+def check_bytecode(
+    *,
+    modules: Iterable[ModuleType | str] | None = None,
+    paths: PathLike | Iterable[PathLike] | None = None,
+    optimization: int | None = None,
+) -> BytecodeReport:
+    """Report which source files have no usable bytecode cache.
+
+    With no argument, checks every module in ``sys.modules`` that has a source file, using
+    ``__spec__.origin`` (or ``__file__``) only. ``modules=`` checks the given modules (objects or
+    names of loaded modules). ``paths=`` checks every ``.py`` under the given files and
+    directories (a package, a site-packages) without importing anything; symlinked directories
+    are followed, loops and unreadable directories go to :attr:`BytecodeReport.problems`.
+
+    ``optimization`` is the level whose pyc names are checked (``0``, ``1`` for ``opt-1``,
+    ``2`` for ``opt-2``); default: the running interpreter's ``sys.flags.optimize``. Each file
+    is judged from its pyc's 16-byte header exactly as the importer would judge it, honouring
+    ``sys.pycache_prefix`` and ``--check-hash-based-pycs``. Writes nothing.
+
+    Raises :class:`~forkmem.InvalidArgument` for bad arguments or a path that does not exist,
+    and :class:`~forkmem.UnsupportedRuntime` when this Python has no bytecode cache at all.
+    """
+    if modules is not None and paths is not None:
+        raise InvalidArgument("give modules= or paths=, not both")
+    if optimization is None:
+        optimization = sys.flags.optimize
+    if isinstance(optimization, bool) or optimization not in (0, 1, 2):
+        raise InvalidArgument(f"optimization must be 0, 1 or 2, not {optimization!r}")
+    tag = sys.implementation.cache_tag
+    if tag is None:
+        raise UnsupportedRuntime("this Python has no bytecode cache (cache_tag is None)")
+
+    judge = _Judge(tag, optimization)
+    scope: Literal["modules", "paths"]
+    if paths is not None:
+        roots = _normalize_paths(paths)
+        scope = "paths"
+        _judge_paths(roots, judge)
+    else:
+        roots = []
+        scope = "modules"
+        _judge_modules(_module_items(modules), judge)
+    counts: dict[str, int] = dict.fromkeys(STATUSES, 0)
+    for row in judge.rows:
+        counts[row[2]] += 1
+    return BytecodeReport(
+        _rows=tuple(sorted(judge.rows, key=lambda r: r[0] or r[1] or "")),
+        skipped=tuple(judge.skipped),
+        problems=tuple(judge.problems),
+        optimization=optimization,
+        cache_tag=tag,
+        pycache_prefix=sys.pycache_prefix,
+        dont_write_bytecode=sys.dont_write_bytecode,
+        check_source=_pyc.check_source_mode(),
+        scope=scope,
+        paths=tuple(roots),
+        counts=counts,
+    )
+
+
+class _Judge:
+    """Judges sources directory by directory, as the importer would (see _pyc.validate)."""
+
+    def __init__(self, tag: str, optimization: int) -> None:
+        self.tag = tag
+        self.opt = _pyc.opt_tag(optimization)
+        self.check_mode = _pyc.check_source_mode()
+        self.dirs = _pyc.CacheDirs()
+        # A timestamp pyc of this Python starts with these 8 bytes (magic, flags 0).
+        self.plain = _pyc.MAGIC + bytes(4)
+        self.rows: list[_Row] = []
+        self.skipped: list[SkippedModule] = []
+        self.problems: list[BytecodeProblem] = []
+
+    def sources(self, directory: str, sources: list[_pyc.Source], *, listdir: bool) -> None:
+        """Judge the sources of one directory: one stat each (done) plus one 16-byte read."""
+        if not sources:
+            return
+        dirs = self.dirs
+        cdir = dirs.cache_dir(directory or os.curdir)
+        # After the first missing pyc of a directory, one listdir of its cache directory
+        # spares an open() per further missing pyc (a tree whose pycs were deleted); a fully
+        # compiled directory never pays for the listdir.
+        names: set[str] | None = None
+        sep = os.sep
+        tail = f"{self.tag}{self.opt}{_pyc.BYTECODE_SUFFIX}"
+        prefix = cdir + sep
+        plain = self.plain
+        unpack = _pyc.TIMESTAMP.unpack_from
+        os_open, os_read, os_close, flags = os.open, os.read, os.close, _pyc.O_FLAGS
+        append = self.rows.append
+        header: bytes | OSError | None
+        for path, size, mtime, module in sources:
+            stem, dot, rest = path.rpartition(sep)[2].rpartition(".")
+            pname = f"{stem or rest}{dot}{tail}"
+            cache = prefix + pname
+            # Read the 16-byte header with bare os calls: this loop runs once per file.
+            if names is not None and pname not in names:
+                header = None
+            else:
+                try:
+                    fd = os_open(cache, flags)
+                except FileNotFoundError:
+                    header = None
+                    if listdir:
+                        listdir = False
+                        try:
+                            names = set(os.listdir(cdir))
+                        except FileNotFoundError:
+                            names = set()
+                        except OSError:
+                            names = None
+                except OSError as exc:
+                    header = exc
+                else:
+                    try:
+                        header = os_read(fd, 16)
+                    except OSError as exc:
+                        header = exc
+                    finally:
+                        os_close(fd)
+            if header.__class__ is bytes and header[:8] == plain and len(header) == 16:
+                # Fast path: a timestamp pyc of this Python whose mtime and size match.
+                pyc_mtime, pyc_size = unpack(header, 8)
+                if pyc_mtime == int(mtime) & 0xFFFFFFFF and pyc_size == size & 0xFFFFFFFF:
+                    append((path, cache, "ok", "timestamp pyc matches", size, module, "timestamp"))
+                    continue
+            mode: str | None = None
+            if header is None:
+                valid, reason = False, "no pyc"
+            elif isinstance(header, OSError):
+                valid, reason = False, f"cannot read the pyc: {header.strerror}"
+            else:
+                valid, reason, mode = _pyc.validate(header, path, mtime, size, self.check_mode)
+            status: BytecodeStatus
+            if valid:
+                status = "ok"
+            elif not dirs.writable(cdir):
+                status = "unwritable"
+                reason = f"{reason}; cache directory not writable by uid {_euid()}"
+            else:
+                status = "missing" if header is None else "stale"
+            append((path, cache, status, reason, size, module, mode))
+
+    def others(self, found: list[_pyc.Found]) -> None:
+        """Sourceless pycs, skipped modules and unreadable paths."""
+        for f in found:
+            if f.kind == "sourceless":
+                self.rows.append(
+                    (None, f.path, "sourceless", "pyc without a source", f.size, f.module, None)
+                )
+            elif f.kind == "skipped":
+                self.skipped.append(SkippedModule(f.module, f.path, f.reason))
+            else:
+                self.problems.append(BytecodeProblem(f.path, f.reason))
+
+    def groups(self, groups: Iterable[_pyc.Group], *, listdir: bool) -> None:
+        for directory, sources, found in groups:
+            self.sources(directory, sources, listdir=listdir)
+            self.others(found)
+
+
+def _judge_paths(roots: list[str], judge: _Judge) -> None:
+    judge.groups(_pyc.iter_paths(roots), listdir=True)
+
+
+def _judge_modules(items: list[tuple[str, object]], judge: _Judge) -> None:
+    """Loaded modules: the hot path of a big process (one stat + one pyc read each).
+
+    Plain source modules are picked here with a few attribute reads; everything else
+    (builtin, frozen, zip, namespace, extension, sourceless, unreadable) goes through
+    :func:`_pyc.iter_modules`, which says why it is skipped.
+    """
+    suffix = _pyc.SOURCE_SUFFIXES[0] if len(_pyc.SOURCE_SUFFIXES) == 1 else None
+    sep = os.sep
+    stat = os.stat
+    seen: set[str] = set()
+    others: list[tuple[str, object]] = []
+    by_dir: dict[str, list[_pyc.Source]] = {}
+    for name, module in items:
+        spec = getattr(module, "__spec__", None)
+        origin = getattr(spec, "origin", None)
+        if (
+            suffix is None
+            or origin.__class__ is not str
+            or not origin.endswith(suffix)
+            or not spec.has_location  # type: ignore[union-attr]
+            or spec.loader.__class__.__name__ == "zipimporter"  # type: ignore[union-attr]
+        ):
+            others.append((name, module))
+            continue
+        if origin in seen:
+            continue  # aliases such as os.path -> posixpath
+        try:
+            st = stat(origin)
+        except OSError:
+            others.append((name, module))  # the slow path reports it as a problem
+            continue
+        seen.add(origin)
+        directory = origin.rpartition(sep)[0]
+        group = by_dir.get(directory)
+        if group is None:
+            group = by_dir[directory] = []
+        group.append((origin, st.st_size, st.st_mtime, name))
+    for directory, sources in by_dir.items():
+        judge.sources(directory, sources, listdir=False)
+    for directory, sources, found in _pyc.iter_modules(others):
+        judge.sources(directory, [s for s in sources if s[0] not in seen], listdir=False)
+        judge.others(found)
+
+
+def compile_bytecode(
+    report_or_paths: BytecodeReport | PathLike | Iterable[PathLike],
+    *,
+    workers: int = 0,
+    invalidation_mode: str | None = None,
+) -> CompileResult:
+    """Compile the missing, stale and unwritable files of a report (or of paths) to pycs.
+
+    ``report_or_paths`` is a :class:`BytecodeReport` (its optimization level is used) or paths
+    to check first with :func:`check_bytecode`. Files that are ok or sourceless are left alone.
+    Each pyc is written with :func:`py_compile.compile` (atomic: a temporary file then
+    ``os.replace``) at the report's cache path. The invalidation mode of an existing pyc is kept
+    (hash-based stays hash-based); otherwise py_compile's default applies (timestamp, or
+    checked-hash when ``SOURCE_DATE_EPOCH`` is set). ``invalidation_mode`` (``"timestamp"``,
+    ``"checked-hash"``, ``"unchecked-hash"``) overrides both.
+
+    ``workers=0`` compiles in this process; ``workers=N`` runs N fresh interpreter
+    subprocesses (``sys.executable -I``), never forks. Syntax errors and write errors are
+    returned in :attr:`CompileResult.failed`, not raised.
+    """
+    from forkmem import _pycompile
+
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
+        raise InvalidArgument(f"workers must be an int >= 0, not {workers!r}")
+    if invalidation_mode is not None and invalidation_mode not in _pycompile.MODES:
+        raise InvalidArgument(
+            f"invalidation_mode must be one of {', '.join(_pycompile.MODES)}, "
+            f"not {invalidation_mode!r}"
+        )
+    if isinstance(report_or_paths, BytecodeReport):
+        report = report_or_paths
+    else:
+        report = check_bytecode(paths=report_or_paths)
+    jobs = [
+        _pycompile.Job(f.source, f.cache, report.optimization, invalidation_mode or f.invalidation)
+        for f in report.uncached
+        if f.source is not None and f.cache is not None
+    ]
+    return _pycompile.run(jobs, workers=workers)
+
+
+def warn_if_missing_bytecode(
+    *, modules: Iterable[ModuleType | str] | None = None
+) -> BytecodeReport | None:
+    """Log one warning on logger ``"forkmem"`` when loaded modules have no usable pyc.
+
+    Meant for service start (the server integrations call it). Checks ``sys.modules`` (or
+    ``modules``); returns the report when something is missing, stale or unwritable (after
+    logging one WARNING with the counts, the source bytes every new process compiles and the
+    fix command), and ``None`` when everything is cached (nothing is logged). Never raises for
+    what it finds.
+    """
+    import logging
+
+    report = check_bytecode(modules=modules)
+    if report.ok:
+        return None
+    roots = _fix_roots(report)
+    c = report.counts
+    fix = "forkmem bytecode --fix " + " ".join(_shell_quote(r) for r in roots)
+    msg = (
+        f"{len(report.uncached)} of {len(report._rows)} loaded modules have no usable bytecode "
+        f"cache ({c['missing']} missing, {c['stale']} stale, {c['unwritable']} unwritable): "
+        f"every new process compiles {format_bytes(report.uncached_bytes)} of source. "
+        f"Fix (at image build time, as the owner of the files): {fix}"
+    )
+    if report.dont_write_bytecode:
+        msg += " (sys.dont_write_bytecode is set: this process will not write them itself)"
+    logging.getLogger("forkmem").warning("%s", msg)
+    return report
+
+
+def _shell_quote(s: str) -> str:
+    import shlex
+
+    return shlex.quote(s)
+
+
+def _fix_roots(report: BytecodeReport) -> list[str]:
+    """The sys.path entries (or directories) holding the uncached files, longest match first."""
+    entries = sorted(
+        {os.path.abspath(p) for p in sys.path if p and os.path.isdir(p)}, key=len, reverse=True
+    )
+    roots: list[str] = []
+    for f in report.uncached:
+        src = os.path.abspath(f.source or "")
+        root = next((e for e in entries if src.startswith(e + os.sep)), os.path.dirname(src))
+        if root not in roots:
+            roots.append(root)
+    return roots

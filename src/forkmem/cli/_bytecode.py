@@ -1,0 +1,145 @@
+"""``forkmem bytecode``: which files does every new process compile from source?
+
+Exit status: 0 every source has a valid pyc, 1 something is missing, stale or unwritable
+(after ``--fix``: something could not be fixed), 2 usage error. Usable as a Dockerfile ``RUN``
+check or a CI step.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import TYPE_CHECKING, Any
+
+from forkmem._units import format_bytes
+from forkmem.errors import InvalidArgument
+
+if TYPE_CHECKING:
+    import argparse
+
+_LIST_LIMIT = 20
+
+
+def register(sub: Any) -> None:
+    parser = sub.add_parser(
+        "bytecode",
+        help="check the bytecode cache (.pyc) of a tree or of site-packages; --fix compiles",
+        description=(
+            "Report the .py files that have no usable bytecode cache (missing, stale, or in a "
+            "cache directory this user cannot write), so every new process compiles them. "
+            "Nothing is imported or executed, and nothing is written unless --fix is given. "
+            "Exit status: 0 all cached, 1 something missing/stale/unwritable, 2 usage error."
+        ),
+    )
+    parser.add_argument(
+        "paths",
+        nargs="*",
+        metavar="PATH",
+        help="files or directories to check (default: this interpreter's site-packages)",
+    )
+    parser.add_argument("--json", action="store_true", help="print the full report as JSON")
+    parser.add_argument(
+        "--fix", action="store_true", help="compile the missing/stale files, then check again"
+    )
+    parser.add_argument(
+        "--cost",
+        action="store_true",
+        help="measure the CPU time and private memory a new process spends compiling them",
+    )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=0,
+        metavar="N",
+        help="with --fix: compile in N subprocesses (default 0: in this process)",
+    )
+    parser.add_argument(
+        "--optimize",
+        type=int,
+        choices=(0, 1, 2),
+        default=None,
+        metavar="LEVEL",
+        help="check the pycs of this optimization level: 0, 1 (opt-1), 2 (opt-2); "
+        "default: this interpreter's (-O)",
+    )
+    parser.add_argument(
+        "--all", action="store_true", help=f"list every uncached file, not just {_LIST_LIMIT}"
+    )
+    parser.set_defaults(func=run)
+
+
+def site_dirs() -> list[str]:
+    """This interpreter's existing site-packages directories (user site included)."""
+    import site
+
+    dirs: list[str] = []
+    candidates = list(site.getsitepackages()) if hasattr(site, "getsitepackages") else []
+    if site.ENABLE_USER_SITE:
+        candidates.append(site.getusersitepackages())
+    for d in candidates:
+        if os.path.isdir(d) and os.path.realpath(d) not in {os.path.realpath(x) for x in dirs}:
+            dirs.append(d)
+    return dirs
+
+
+def run(args: argparse.Namespace) -> int:
+    from forkmem.bytecode import check_bytecode, compile_bytecode
+
+    if args.workers < 0:
+        raise InvalidArgument("--workers must be >= 0")
+    paths = args.paths or site_dirs()
+    if not paths:
+        raise InvalidArgument("no PATH given and this interpreter has no site-packages directory")
+    report = check_bytecode(paths=paths, optimization=args.optimize)
+    before = report
+    fix = None
+    if args.fix and not report.ok:
+        fix = compile_bytecode(report, workers=args.workers)
+        report = check_bytecode(paths=paths, optimization=args.optimize)
+    cost = None
+    if args.cost:
+        from forkmem._bytecode_cost import measure_compile_cost
+
+        sources = [f.source for f in before.uncached if f.source]
+        if sources:
+            cost = measure_compile_cost(sources, optimization=before.optimization)
+
+    if args.json:
+        import json
+
+        out = report.as_dict()
+        out["fix"] = None if fix is None else {**fix.as_dict(), "before": dict(before.counts)}
+        out["cost"] = None if cost is None else cost.as_dict()
+        json.dump(out, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+    else:
+        _print_human(report, before, fix, cost, args)
+    return 0 if report.ok else 1
+
+
+def _print_human(report: Any, before: Any, fix: Any, cost: Any, args: argparse.Namespace) -> None:
+    w = sys.stdout.write
+    if fix is not None:
+        w(f"--fix: {fix.summary()}\n")
+        for f in fix.failed[: None if args.all else _LIST_LIMIT]:
+            kind = "syntax error" if f.syntax_error else "error"
+            w(f"  {kind}: {f.source}: {f.error}\n")
+    w(report.summary() + "\n")
+    bad = report.uncached
+    if bad:
+        shown = bad if args.all else bad[:_LIST_LIMIT]
+        for f in shown:
+            w(f"  {f.status:<10} {format_bytes(f.size):>10}  {f.source}  ({f.reason})\n")
+        if len(shown) < len(bad):
+            w(f"  ... and {len(bad) - len(shown)} more (--all or --json lists them)\n")
+    for p in report.problems[: None if args.all else _LIST_LIMIT]:
+        w(f"  cannot check {p.path}: {p.reason}\n")
+    if cost is not None:
+        w(cost.summary() + "\n")
+    elif args.cost:
+        w("--cost: nothing to measure, every source has a valid pyc\n")
+    if not report.ok and fix is None:
+        import shlex
+
+        targets = " ".join(shlex.quote(p) for p in report.paths)
+        w(f"fix: forkmem bytecode --fix {targets}   (or: python -m compileall -q {targets})\n")

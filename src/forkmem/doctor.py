@@ -1,0 +1,344 @@
+"""``forkmem doctor``: one screen on the settings that decide how much forked workers share.
+
+:func:`diagnose` looks at the bytecode cache, ``sys.dont_write_bytecode``, transparent huge
+pages, the garbage collector, the multiprocessing start method and the cgroup memory limit,
+and says for each what to do about it. It only reads: no file is written, nothing imported
+from the application.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal
+
+from forkmem._units import format_bytes
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable, Sequence
+
+__all__ = ["Diagnosis", "Finding", "diagnose"]
+
+Level = Literal["ok", "info", "warn"]
+_THP_PATH = "/sys/kernel/mm/transparent_hugepage/enabled"
+
+
+@dataclass(frozen=True, slots=True)
+class Finding:
+    """One thing the doctor looked at."""
+
+    name: str
+    """Short identifier: ``bytecode``, ``dont_write_bytecode``, ``thp``, ``gc``,
+    ``start_method``, ``cgroup``."""
+    level: Level
+    """``"ok"``, ``"info"`` (worth knowing) or ``"warn"`` (costs shared memory now)."""
+    value: str
+    """What was found, in words."""
+    advice: str
+    """What to do about it (empty when nothing needs doing)."""
+    data: dict[str, Any] = field(default_factory=dict)
+    """The raw values, for ``--json``."""
+
+
+@dataclass(frozen=True, slots=True)
+class Diagnosis:
+    """Result of :func:`diagnose`."""
+
+    findings: tuple[Finding, ...]
+    """One per check, in display order."""
+
+    @property
+    def ok(self) -> bool:
+        """True when no finding is a warning."""
+        return all(f.level != "warn" for f in self.findings)
+
+    def summary(self) -> str:
+        """The human screen: one line per finding, advice indented below."""
+        width = max((len(f.name) for f in self.findings), default=0)
+        lines = []
+        for f in self.findings:
+            lines.append(f"[{f.level:<4}] {f.name:<{width}}  {f.value}")
+            if f.advice:
+                lines.append(f"       {'':<{width}}  -> {f.advice}")
+        return "\n".join(lines)
+
+    def as_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict."""
+        return {
+            "ok": self.ok,
+            "findings": [
+                {
+                    "name": f.name,
+                    "level": f.level,
+                    "value": f.value,
+                    "advice": f.advice,
+                    "data": f.data,
+                }
+                for f in self.findings
+            ],
+        }
+
+    def to_json(self, *, indent: int | None = 2) -> str:
+        """:meth:`as_dict` as a JSON string."""
+        import json
+
+        return json.dumps(self.as_dict(), indent=indent, default=str)
+
+
+def diagnose(*, paths: Sequence[str] | None = None) -> Diagnosis:
+    """Run every check and return the findings.
+
+    ``paths`` are the trees whose bytecode cache is checked (default: this interpreter's
+    site-packages). Called inside a server process, the collector, freeze count and start
+    method are that process's own. A check that cannot read what it needs says so as an
+    ``info`` finding; it never raises.
+    """
+    checks: list[Callable[[], Finding]] = [
+        lambda: _bytecode(paths),
+        _dont_write_bytecode,
+        _thp,
+        _gc,
+        _start_method,
+        _cgroup,
+    ]
+    findings = []
+    for check in checks:
+        try:
+            findings.append(check())
+        except Exception as exc:  # a doctor that crashes helps nobody: report and go on
+            name = getattr(check, "__name__", "check").lstrip("_")
+            findings.append(Finding(name, "info", f"could not check: {exc}", ""))
+    return Diagnosis(tuple(findings))
+
+
+def _bytecode(paths: Iterable[str] | None) -> Finding:
+    from forkmem.bytecode import check_bytecode
+    from forkmem.cli._bytecode import site_dirs
+
+    roots = list(paths) if paths is not None else site_dirs()
+    if not roots:
+        return Finding("bytecode", "info", "no site-packages directory to check", "")
+    report = check_bytecode(paths=roots)
+    data = {"paths": roots, "counts": dict(report.counts), "uncached_bytes": report.uncached_bytes}
+    n = len(report.files)
+    where = ", ".join(roots)
+    if report.ok:
+        return Finding(
+            "bytecode", "ok", f"all {n} source files in {where} have a valid pyc", "", data
+        )
+    bad = len(report.uncached)
+    c = report.counts
+    value = (
+        f"{bad} of {n} source files have no usable pyc ({c['missing']} missing, {c['stale']} "
+        f"stale, {c['unwritable']} unwritable): every new process compiles "
+        f"{format_bytes(report.uncached_bytes)}"
+    )
+    advice = (
+        f"compile them when the image is built: forkmem bytecode --fix {where}; "
+        "never delete *.pyc from an image"
+    )
+    return Finding("bytecode", "warn", value, advice, data)
+
+
+def _dont_write_bytecode() -> Finding:
+    env = os.environ.get("PYTHONDONTWRITEBYTECODE")
+    data = {"dont_write_bytecode": sys.dont_write_bytecode, "PYTHONDONTWRITEBYTECODE": env}
+    if not sys.dont_write_bytecode:
+        return Finding(
+            "dont_write_bytecode", "ok", "off: the importer caches what it compiles", "", data
+        )
+    how = "PYTHONDONTWRITEBYTECODE is set" if env else "set (-B)"
+    return Finding(
+        "dont_write_bytecode",
+        "info",
+        f"{how}: no process writes a pyc, missing ones stay missing",
+        "fine when every pyc is compiled at build time (check with forkmem bytecode); "
+        "otherwise every process compiles every import",
+        data,
+    )
+
+
+def _kernel_at_least(major: int, minor: int) -> bool | None:
+    try:
+        parts = os.uname().release.split(".")
+        return (int(parts[0]), int(parts[1].split("-")[0])) >= (major, minor)
+    except (ValueError, IndexError, AttributeError):
+        return None
+
+
+def _thp() -> Finding:
+    try:
+        with open(_THP_PATH) as f:
+            text = f.read().strip()
+    except OSError:
+        return Finding("thp", "info", "transparent huge pages: not available here", "")
+    mode = text[text.find("[") + 1 : text.find("]")] if "[" in text else text
+    data = {"enabled": mode, "path": _THP_PATH}
+    if mode != "always":
+        return Finding("thp", "ok", f"transparent huge pages: {mode}", "", data)
+    if _kernel_at_least(5, 8) is False:
+        return Finding(
+            "thp",
+            "warn",
+            "transparent huge pages: always, on a kernel before 5.8",
+            "a write to a shared huge page copies the whole 2 MiB in the child; set "
+            "'madvise' or disable THP for the server (prctl PR_SET_THP_DISABLE)",
+            data,
+        )
+    return Finding(
+        "thp",
+        "info",
+        "transparent huge pages: always",
+        "kernels >= 5.8 copy 4 KiB on a write to a shared huge page, but huge pages can still "
+        "inflate RSS; 'madvise' is the safer default for forking servers",
+        data,
+    )
+
+
+def _gc() -> Finding:
+    try:
+        from forkmem import gcinfo
+
+        info = gcinfo.gc_info()
+        kind, freeze = str(info.collector), int(info.freeze_count)
+        data: dict[str, Any] = {
+            "collector": kind,
+            "freeze_count": freeze,
+            "thresholds": list(info.thresholds),
+            "enabled": info.enabled,
+        }
+    except (ImportError, AttributeError):
+        import gc
+        import sysconfig
+
+        kind = "free-threaded" if sysconfig.get_config_var("Py_GIL_DISABLED") else "generational"
+        freeze = gc.get_freeze_count()
+        data = {"collector": kind, "freeze_count": freeze, "thresholds": list(gc.get_threshold())}
+    value = f"collector: {kind}, {freeze} objects frozen in this process"
+    if kind == "generational":
+        advice = (
+            "freeze once after loading, before forking: forkmem.frozen() or "
+            "forkmem.freeze_around_fork() (O(1) on this collector)"
+        )
+    else:
+        advice = (
+            "gc.freeze() walks the heap on this collector: freeze once before the fork loop, "
+            "never per fork"
+        )
+    return Finding("gc", "info", value, advice, data)
+
+
+def _start_method() -> Finding:
+    import multiprocessing
+
+    chosen = multiprocessing.get_start_method(allow_none=True)
+    # The first of get_all_start_methods() is the default; asking get_start_method() without
+    # allow_none would fix the context as a side effect.
+    method = chosen or multiprocessing.get_all_start_methods()[0]
+    data = {"start_method": method, "explicitly_set": chosen is not None}
+    label = f"multiprocessing start method: {method}" + ("" if chosen else " (default)")
+    if method == "fork":
+        return Finding("start_method", "ok", label, "", data)
+    if method == "forkserver":
+        return Finding(
+            "start_method",
+            "info",
+            label,
+            "children fork from the forkserver, not from your loaded process: preload the app "
+            "there (multiprocessing.set_forkserver_preload) and freeze inside it",
+            data,
+        )
+    return Finding(
+        "start_method",
+        "warn",
+        label,
+        "each worker is a fresh interpreter and shares nothing; use fork or forkserver with "
+        "preloading for memory sharing",
+        data,
+    )
+
+
+def _cgroup() -> Finding:
+    current, limit, slab = _cgroup_values()
+    data: dict[str, Any] = {"current": current, "limit": limit, "slab": slab}
+    if current is None:
+        return Finding("cgroup", "info", "cgroup memory: not readable here", "", data)
+    if limit is None:
+        value = f"cgroup memory: {format_bytes(current)} used, no limit"
+        if slab is not None:
+            value += f" ({format_bytes(slab)} kernel slab)"
+        return Finding("cgroup", "info", value, "", data)
+    share = current / limit if limit else 0.0
+    data["fraction"] = share
+    value = f"cgroup memory: {format_bytes(current)} of {format_bytes(limit)} ({share:.0%})"
+    if slab is not None:
+        # Kernel slab (dentries among it) is charged to the container too: PR #58944's
+        # pyc-less images grew it through failed bytecode writes.
+        value += f", {format_bytes(slab)} of it kernel slab"
+    if share >= 0.8:
+        return Finding(
+            "cgroup",
+            "warn",
+            value,
+            "close to the limit: measure what the workers copy (forkmem memory, "
+            "forkmem.cow_report) before raising it",
+            data,
+        )
+    return Finding("cgroup", "ok", value, "", data)
+
+
+def _cgroup_values() -> tuple[int | None, int | None, int | None]:
+    """(usage, limit, slab) in bytes from forkmem.cgroup_memory(), else the cgroup files."""
+    try:
+        from forkmem.cgroup import cgroup_memory
+
+        cg = cgroup_memory()
+    except Exception:  # absent or failing: fall back to reading the files directly
+        cg = None
+    if cg is not None:
+        current = getattr(cg, "current", None)
+        limit = getattr(cg, "limit", None)
+        slab = getattr(cg, "slab", None)
+        if isinstance(current, int):
+            return (
+                current,
+                limit if isinstance(limit, int) else None,
+                slab if isinstance(slab, int) else None,
+            )
+    return (*_read_cgroup_files(), None)
+
+
+def _read_int(path: str) -> int | None:
+    try:
+        with open(path) as f:
+            text = f.read().strip()
+    except OSError:
+        return None
+    if text == "max" or not text.isdigit():
+        return None
+    value = int(text)
+    return None if value >= 2**62 else value  # cgroup v1 says "no limit" with a huge number
+
+
+def _read_cgroup_files() -> tuple[int | None, int | None]:
+    try:
+        with open("/proc/self/cgroup") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return None, None
+    for line in lines:
+        hier, _, rest = line.partition(":")
+        controllers, _, path = rest.partition(":")
+        if hier == "0" and controllers == "":
+            base = "/sys/fs/cgroup" + path.rstrip("/")
+            for d in (base, "/sys/fs/cgroup"):
+                current = _read_int(d + "/memory.current")
+                if current is not None:
+                    return current, _read_int(d + "/memory.max")
+        if "memory" in controllers.split(","):
+            for d in ("/sys/fs/cgroup/memory" + path.rstrip("/"), "/sys/fs/cgroup/memory"):
+                current = _read_int(d + "/memory.usage_in_bytes")
+                if current is not None:
+                    return current, _read_int(d + "/memory.limit_in_bytes")
+    return None, None
