@@ -1,0 +1,370 @@
+"""forkmem's Airflow dag-processor: a real Airflow on sqlite, and the parts that need no Airflow.
+
+The integration tests (``tox -e integration``) migrate a sqlite database in a temporary
+AIRFLOW_HOME, write one-task DAG files, start ``python -m forkmem.integrations.airflow
+dag-processor`` with two parsing processes, and check that the DAGs reached ``serialized_dag``
+and that every parse child reported its memory. The other tests run everywhere: they fork real
+children through the same measuring machinery, without Airflow.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+from forkmem import InvalidArgument, UnsupportedRuntime
+from forkmem.integrations import airflow as fa
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+    from pathlib import Path
+
+MiB = 1024 * 1024
+DAG_FILES = 24
+EXPECTED_DAGS = frozenset(f"forkmem_dag_{n:02d}" for n in range(1, DAG_FILES + 1))
+# Generous: a run needs ~15 s here; the bound only stops a hung run.
+RUN_DEADLINE = 120.0
+
+# find_spec, not import: importing Airflow takes seconds, and only the integration tests need it.
+HAVE_AIRFLOW = importlib.util.find_spec("airflow") is not None
+
+
+# ---------------------------------------------------------------------------------------------
+# Options (no Airflow needed)
+
+
+def test_options_defaults_and_modes() -> None:
+    assert fa.AirflowOptions().mode == "freeze"
+    assert fa.AirflowOptions(freeze=False).mode == "off"
+    assert fa.AirflowOptions(warmup=True).mode == "warmup"
+    assert fa.AirflowOptions(warmup=True, immortalize=True).mode == "immortalize"
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"immortalize": True},
+        {"freeze": False, "warmup": True},
+        {"freeze": "yes"},
+        {"stats_file": ""},
+        {"preimport": "json"},
+        {"preimport": ("json", "")},
+    ],
+)
+def test_options_reject_bad_values(kwargs: dict[str, Any]) -> None:
+    with pytest.raises(InvalidArgument):
+        fa.AirflowOptions(**kwargs)
+
+
+def test_options_from_env() -> None:
+    env = {
+        "FORKMEM_AIRFLOW_IMMORTALIZE": "yes",
+        "FORKMEM_AIRFLOW_CHECK_BYTECODE": "0",
+        "FORKMEM_AIRFLOW_STATS_FILE": "/tmp/x.jsonl",
+        "FORKMEM_AIRFLOW_PREIMPORT": "json, decimal",
+    }
+    opts = fa.AirflowOptions.from_env(env)
+    assert opts.mode == "immortalize"  # immortalize alone implies warmup
+    assert opts.check_bytecode is False
+    assert opts.stats_file == "/tmp/x.jsonl"
+    assert opts.preimport == ("json", "decimal")
+    # Explicit values win; None means "not given".
+    assert fa.AirflowOptions.from_env(env, immortalize=False, warmup=None).mode == "warmup"
+
+
+def test_options_from_env_names_the_bad_variable() -> None:
+    with pytest.raises(InvalidArgument, match="FORKMEM_AIRFLOW_WARMUP"):
+        fa.AirflowOptions.from_env({"FORKMEM_AIRFLOW_WARMUP": "maybe"})
+    with pytest.raises(InvalidArgument, match="nonsense"):
+        fa.AirflowOptions.from_env({}, nonsense=True)
+
+
+def test_immortalize_refused_before_airflow_starts_where_unsupported() -> None:
+    from forkmem._immortal import unsupported_reason
+
+    opts = fa.AirflowOptions(warmup=True, immortalize=True)
+    if unsupported_reason() is None:  # CPython 3.12/3.13
+        fa._check_immortalize(opts)
+    else:
+        with pytest.raises(UnsupportedRuntime, match="--forkmem-immortalize"):
+            fa._check_immortalize(opts)
+
+
+def test_preimport_imports_before_the_freeze(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delitem(sys.modules, "colorsys", raising=False)
+    opts = fa.AirflowOptions(
+        freeze=False,
+        check_bytecode=False,
+        measure_children=False,
+        preimport=("colorsys", "forkmem_no_such_module"),
+    )
+    sess = fa._Session(opts)
+    sess.apply((3, 3, 2))  # the missing module is logged, not raised
+    sess.close()
+    assert "colorsys" in sys.modules
+
+
+@pytest.mark.skipif(HAVE_AIRFLOW, reason="Airflow is installed here")
+def test_without_airflow_a_clear_error(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(UnsupportedRuntime, match=r"forkmem\[airflow\]"):
+        fa.manager_class()
+    assert fa.main(["dag-processor"]) == 2
+    assert "apache-airflow-core" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------------
+# Parse-child measurement with real forks (no Airflow needed)
+
+
+def _fork_child(body: Any) -> int:
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - runs in the child
+        try:
+            body()
+        finally:
+            os._exit(70)  # body must leave through os._exit itself
+    return pid
+
+
+@pytest.fixture
+def session(tmp_path: Path) -> Iterator[fa._Session]:
+    stats = tmp_path / "stats.jsonl"
+    sess = fa._Session(fa.AirflowOptions(freeze=False, check_bytecode=False, stats_file=str(stats)))
+    sess.apply((3, 3, 2))
+    try:
+        yield sess
+    finally:
+        sess.close()
+
+
+@pytest.mark.linux_only
+def test_children_measure_themselves_at_exit(session: fa._Session) -> None:
+    def allocate_and_exit() -> None:
+        block = bytearray(24 * MiB)  # written: 24 MiB private in the child
+        del block
+        held = [bytearray(b"x" * 4096) for _ in range(3000)]  # ~12 MiB that stays
+        os._exit(3 if held else 4)
+
+    pid = _fork_child(allocate_and_exit)
+    session.note_children({"dags/one.py": _Proc(pid)})
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 3
+    found = session.drain(running=[])
+    assert [c.pid for c in found] == [pid]
+    child = found[0]
+    assert child.file == "dags/one.py"
+    assert child.exit_code == 3
+    assert child.private is not None
+    assert child.private >= 10 * MiB
+    assert child.rss >= child.private
+    # The 24 MiB block was unmapped before the exit: only the peak remembers it.
+    assert child.peak_rss is not None
+    assert child.peak_rss - child.rss >= 8 * MiB
+    assert session.files == {}  # pids no longer running are forgotten
+
+
+@pytest.mark.linux_only
+def test_grandchildren_and_unknown_children(session: fa._Session) -> None:
+    def fork_grandchild() -> None:
+        grandchild = os.fork()
+        if grandchild == 0:
+            os._exit(0)  # a process DAG code forked: not a parse child, reports nothing
+        os.waitpid(grandchild, 0)
+        os._exit(0)
+
+    pid = _fork_child(fork_grandchild)
+    os.waitpid(pid, 0)
+    found = session.drain(running=[])
+    assert [c.pid for c in found] == [pid]
+    assert found[0].file is None  # the manager never learned what it parsed
+
+
+@pytest.mark.linux_only
+def test_stats_file_and_summary(session: fa._Session, tmp_path: Path) -> None:
+    pids = [_fork_child(lambda: os._exit(0)) for _ in range(3)]
+    for pid in pids:
+        os.waitpid(pid, 0)
+    assert len(session.drain(running=[])) == 3
+    session.close()
+    records = [json.loads(line) for line in (tmp_path / "stats.jsonl").read_text().splitlines()]
+    assert [r["event"] for r in records] == ["setup", *["parse_child"] * 3, "summary"]
+    assert records[0]["mode"] == "off"
+    assert records[-1]["children"] == 3
+    assert records[-1]["private_max"] >= records[-1]["private_median"] > 0
+    # The session closed its pipe and removed its hook: a new fork reports nothing.
+    pid = _fork_child(lambda: os._exit(0))
+    os.waitpid(pid, 0)
+    assert session.drain(running=[]) == []
+
+
+def test_no_stats_file_unless_asked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    sess = fa._Session(fa.AirflowOptions(freeze=False, check_bytecode=False))
+    sess.apply((3, 3, 2))
+    sess.close()
+    assert list(tmp_path.iterdir()) == []
+
+
+class _Proc:
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+
+
+# ---------------------------------------------------------------------------------------------
+# A real dag-processor (tox -e integration)
+
+DAG_TEMPLATE = """\
+from datetime import datetime
+
+from airflow.providers.standard.operators.empty import EmptyOperator
+from airflow.sdk import DAG
+
+with DAG(dag_id="forkmem_dag_{n:02d}", schedule=None, start_date=datetime(2024, 1, 1)):
+    EmptyOperator(task_id="only_task")
+"""
+
+
+@pytest.fixture(scope="module")
+def airflow_home(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    pytest.importorskip("airflow")
+    home = tmp_path_factory.mktemp("airflow_home")
+    dags = home / "dags"
+    dags.mkdir()
+    for n in range(1, DAG_FILES + 1):
+        (dags / f"dag_{n:02d}.py").write_text(DAG_TEMPLATE.format(n=n))
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "FORKMEM_AIRFLOW_"))}
+    env.update(
+        AIRFLOW_HOME=str(home),
+        AIRFLOW__CORE__DAGS_FOLDER=str(dags),
+        AIRFLOW__CORE__LOAD_EXAMPLES="False",
+        AIRFLOW__DATABASE__SQL_ALCHEMY_CONN=f"sqlite:///{home / 'airflow.db'}",
+        AIRFLOW__DAG_PROCESSOR__PARSING_PROCESSES="2",
+    )
+    subprocess.run(
+        [sys.executable, "-m", "airflow", "db", "migrate"],
+        env=env,
+        check=True,
+        capture_output=True,
+        timeout=180,
+    )
+    return env
+
+
+def _serialized_dag_ids(home: str) -> set[str]:
+    with contextlib.closing(sqlite3.connect(f"file:{home}/airflow.db?mode=ro", uri=True)) as db:
+        db.execute("PRAGMA busy_timeout = 5000")
+        return {row[0] for row in db.execute("SELECT dag_id FROM serialized_dag")}
+
+
+def _records(stats: Path, event: str) -> list[dict[str, Any]]:
+    if not stats.exists():
+        return []
+    lines = stats.read_text().splitlines()
+    # The last line may be half-written while the manager runs.
+    out = []
+    for line in lines:
+        with contextlib.suppress(ValueError):
+            record = json.loads(line)
+            if record.get("event") == event:
+                out.append(record)
+    return out
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    # SIGTERM first (the manager stops its children), then the whole group for certain:
+    # Airflow's graceful exit can be swallowed when the signal lands in a weakref callback.
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(timeout=20)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=20)
+
+
+def _run_dag_processor(
+    env: dict[str, str], tmp_path: Path, *extra: str
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]], str]:
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    stats = tmp_path / "stats.jsonl"
+    log = tmp_path / "dag_processor.log"
+    cmd = [
+        sys.executable,
+        "-m",
+        "forkmem.integrations.airflow",
+        "dag-processor",
+        "--forkmem-stats-file",
+        str(stats),
+        *extra,
+    ]
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            cmd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        try:
+            deadline = time.monotonic() + RUN_DEADLINE
+            while time.monotonic() < deadline and proc.poll() is None:
+                # Stop once every file was parsed and persisted (a child reports as it exits,
+                # a moment before the manager writes its DAG to the database).
+                if (
+                    len(_records(stats, "parse_child")) >= DAG_FILES
+                    and (_serialized_dag_ids(env["AIRFLOW_HOME"])) >= EXPECTED_DAGS
+                ):
+                    break
+                time.sleep(1.0)
+        finally:
+            _stop(proc)
+    return _records(stats, "setup"), _records(stats, "parse_child"), log.read_text()
+
+
+@pytest.mark.integration
+@pytest.mark.linux_only
+@pytest.mark.timeout(400)
+def test_dag_processor_parses_and_measures(airflow_home: dict[str, str], tmp_path: Path) -> None:
+    setup, children, log = _run_dag_processor(airflow_home, tmp_path / "freeze")
+    assert len(setup) == 1, log[-3000:]
+    assert setup[0]["mode"] == "freeze"
+    assert setup[0]["frozen"] > 10_000  # Airflow's manager holds far more objects than that
+    assert _serialized_dag_ids(airflow_home["AIRFLOW_HOME"]) >= EXPECTED_DAGS, log[-3000:]
+    # Every DAG file was parsed by a child that measured itself on the way out.
+    assert {c["file"] for c in children} >= {f"dag_{n:02d}.py" for n in range(1, DAG_FILES + 1)}
+    for child in children:
+        assert child["exit_code"] == 0
+        assert 0 < child["private"] <= child["rss"] <= child["peak_rss"]
+        assert child["pss"] < child["rss"]  # it shares the manager's pages
+    assert "forkmem: parse child pid=" in log
+
+
+@pytest.mark.integration
+@pytest.mark.linux_only
+@pytest.mark.timeout(400)
+@pytest.mark.skipif(
+    sys.version_info[:2] not in ((3, 12), (3, 13)), reason="immortalization: CPython 3.12/3.13"
+)
+def test_immortalized_manager_children_copy_less(
+    airflow_home: dict[str, str], tmp_path: Path
+) -> None:
+    _, stock, _ = _run_dag_processor(airflow_home, tmp_path / "off", "--forkmem-no-freeze")
+    setup, warm, log = _run_dag_processor(airflow_home, tmp_path / "imm", "--forkmem-immortalize")
+    assert setup, log[-3000:]
+    assert setup[0]["mode"] == "immortalize"
+    assert setup[0]["immortalized"] > 0
+    assert len(stock) >= DAG_FILES
+    assert len(warm) >= DAG_FILES
+
+    def median(rows: list[dict[str, Any]]) -> float:
+        values = sorted(r["private"] for r in rows)
+        return float(values[len(values) // 2])
+
+    # Measured here: ~28 MiB stock, ~13 MiB immortalized; the bound leaves wide room.
+    assert median(warm) < 0.75 * median(stock), (median(warm) / MiB, median(stock) / MiB)
