@@ -1,0 +1,180 @@
+"""Prepare the parent's heap once, before forking workers: :func:`warmup`.
+
+The steps, in order: a full collection; precomputing the hash of every reachable str (the first
+``hash()`` of a str writes into it, which would otherwise happen in every child); optionally
+making every live object immortal (CPython 3.12/3.13), so no child ever writes a reference count;
+``malloc_trim(0)``; and ``gc.freeze()``, so no child's collector touches the survivors.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from forkmem.errors import InvalidArgument
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+__all__ = ["WarmupReport", "warmup"]
+
+_log = logging.getLogger("forkmem.warmup")
+
+
+@dataclass(frozen=True, slots=True)
+class WarmupReport:
+    """What :func:`warmup` did.
+
+    Attributes:
+        immortalize: whether immortalization was asked for (and done).
+        collected: unreachable objects the full collection found.
+        previously_frozen: objects an earlier ``gc.freeze()`` had frozen; warmup unfroze them so
+            they are collected, hashed and immortalized like the rest, then froze them again.
+        frozen: objects in the permanent generation afterwards (``gc.get_freeze_count()``).
+        strings_hashed: str objects whose hash was computed now (it was not cached yet).
+        immortalized: objects made immortal (0 unless ``immortalize=True``).
+        immortalized_bytes: their size as their C ``__sizeof__`` reports it (a list counts its
+            item array, a dict its table; the gc header is not counted).
+        skipped: objects left mortal on purpose, by reason, each object counted once.
+        trim_released: ``malloc_trim(0)`` returned memory to the kernel.
+        steps_skipped: step name -> why it did not run (not asked for, not available here).
+        seconds: step name -> wall-clock seconds (``collect``, ``hash_strings``,
+            ``immortalize``, ``trim``, ``freeze``); ``total_seconds`` sums them.
+    """
+
+    immortalize: bool
+    collected: int
+    previously_frozen: int
+    frozen: int
+    strings_hashed: int
+    immortalized: int
+    immortalized_bytes: int
+    skipped: Mapping[str, int] = field(default_factory=dict)
+    trim_released: bool = False
+    steps_skipped: Mapping[str, str] = field(default_factory=dict)
+    seconds: Mapping[str, float] = field(default_factory=dict)
+
+    @property
+    def total_seconds(self) -> float:
+        """Wall-clock seconds of all steps together."""
+        return sum(self.seconds.values())
+
+
+def warmup(
+    *, immortalize: bool = False, hash_strings: bool = True, trim: bool = True
+) -> WarmupReport:
+    """Prepare the current process's heap to be shared by forked children; call it once.
+
+    Runs a full ``gc.collect()``, precomputes str hashes (``hash_strings``), makes every live
+    object immortal (``immortalize``, CPython 3.12/3.13 only), calls glibc's ``malloc_trim(0)``
+    (``trim``), then ``gc.freeze()``. Objects frozen by an earlier ``gc.freeze()`` are unfrozen
+    first and go through the same steps.
+
+    Immortal objects are never freed, not even when nothing refers to them any more, and their
+    finalizers never run. Use ``immortalize=True`` once, before a long-lived fork loop, on what
+    lives as long as the process anyway (imports, configuration, a preloaded app). Objects with
+    a finalizer (``__del__``), frames, generators and coroutines, and objects a weak-reference
+    callback waits for stay mortal; :attr:`WarmupReport.skipped` counts them.
+
+    Args:
+        immortalize: make every object alive now immortal, so children never write their
+            reference counts. Raises :class:`~forkmem.errors.UnsupportedRuntime` (a
+            ``NotImplementedError``) anywhere but 64-bit little-endian CPython 3.12/3.13 with
+            the GIL, before changing anything.
+        hash_strings: compute the hash of every str a live object refers to.
+        trim: call ``malloc_trim(0)`` where glibc provides it.
+
+    Returns:
+        A :class:`WarmupReport`.
+
+    Raises:
+        InvalidArgument: an argument is not a bool.
+        UnsupportedRuntime: ``immortalize=True`` on an interpreter it does not support.
+    """
+    for name, value in (
+        ("immortalize", immortalize),
+        ("hash_strings", hash_strings),
+        ("trim", trim),
+    ):
+        if not isinstance(value, bool):
+            raise InvalidArgument(f"warmup(): {name} must be True or False, not {value!r}")
+    from forkmem import _immortal
+
+    if immortalize:
+        _immortal.check_runtime()  # refuse before touching anything
+
+    seconds: dict[str, float] = {}
+    steps_skipped: dict[str, str] = {}
+    strings_hashed = immortalized = immortalized_bytes = 0
+    skipped: dict[str, int] = {}
+    trim_released = False
+
+    was_enabled = gc.isenabled()
+    gc.disable()  # nothing may be collected (or freed) between the steps
+    try:
+        start = time.perf_counter()
+        previously_frozen = gc.get_freeze_count()
+        if previously_frozen:
+            gc.unfreeze()
+        collected = gc.collect()
+        seconds["collect"] = time.perf_counter() - start
+
+        roots = gc.get_objects()
+        if immortalize:
+            start = time.perf_counter()
+            result = _immortal.immortalize(roots, hash_strings=hash_strings)
+            seconds["immortalize"] = time.perf_counter() - start
+            immortalized, immortalized_bytes = result.objects, result.bytes
+            strings_hashed, skipped = result.strings_hashed, result.skipped
+            del result
+            if not hash_strings:
+                steps_skipped["hash_strings"] = "hash_strings=False"
+        else:
+            steps_skipped["immortalize"] = "immortalize=False"
+            if hash_strings:
+                start = time.perf_counter()
+                strings_hashed = _immortal.hash_reachable_strings(roots)
+                seconds["hash_strings"] = time.perf_counter() - start
+            else:
+                steps_skipped["hash_strings"] = "hash_strings=False"
+        del roots
+
+        if trim:
+            from forkmem._malloc import malloc_trim
+
+            start = time.perf_counter()
+            outcome = malloc_trim()
+            seconds["trim"] = time.perf_counter() - start
+            trim_released = outcome.released
+            if not outcome.ran:
+                steps_skipped["trim"] = outcome.reason or "malloc_trim unavailable"
+            del outcome  # temporaries die before the freeze, so ``frozen`` stays exact
+        else:
+            steps_skipped["trim"] = "trim=False"
+
+        start = time.perf_counter()
+        gc.freeze()
+        frozen = gc.get_freeze_count()
+        seconds["freeze"] = time.perf_counter() - start
+    finally:
+        if was_enabled:
+            gc.enable()
+
+    report = WarmupReport(
+        immortalize=immortalize,
+        collected=collected,
+        previously_frozen=previously_frozen,
+        frozen=frozen,
+        strings_hashed=strings_hashed,
+        immortalized=immortalized,
+        immortalized_bytes=immortalized_bytes,
+        skipped=skipped,
+        trim_released=trim_released,
+        steps_skipped=steps_skipped,
+        seconds=seconds,
+    )
+    _log.debug("warmup: %s", report)
+    return report
