@@ -1,0 +1,300 @@
+"""The fork hook registry, exercised with real forks."""
+
+from __future__ import annotations
+
+import json
+import logging
+import multiprocessing
+import os
+import select
+import signal
+import threading
+import time
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+import forkmem
+from forkmem import hooks
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator
+
+pytestmark = pytest.mark.linux_only
+
+CHILD_TIMEOUT = 20.0
+
+
+@pytest.fixture(autouse=True)
+def _clean_registry() -> Iterator[None]:
+    before = set(map(id, forkmem.fork_hooks()))
+    forkmem.hook_errors(clear=True)
+    yield
+    for hook in forkmem.fork_hooks():
+        if id(hook) not in before:
+            hook.remove()
+    forkmem.hook_errors(clear=True)
+
+
+def fork_and_report(child: Callable[[], Any], *, fork: Callable[[], int] = os.fork) -> Any:
+    """Fork; run ``child`` in the child and return its JSON result to the parent (bounded wait)."""
+    r, w = os.pipe()
+    pid = fork()
+    if pid == 0:  # pragma: no cover - runs in the child
+        code = 0
+        try:
+            os.close(r)
+            payload = json.dumps({"ok": child()})
+        except BaseException as exc:
+            payload = json.dumps({"error": repr(exc)})
+            code = 1
+        try:
+            os.write(w, payload.encode())
+        finally:
+            os._exit(code)
+    os.close(w)
+    return _collect(pid, r)
+
+
+def _collect(pid: int, r: int) -> Any:
+    chunks = []
+    deadline = time.monotonic() + CHILD_TIMEOUT
+    try:
+        while True:
+            left = deadline - time.monotonic()
+            ready, _, _ = select.select([r], [], [], max(left, 0))
+            if not ready:
+                os.kill(pid, signal.SIGKILL)
+                pytest.fail("child did not answer in time (deadlock?)")
+            chunk = os.read(r, 65536)
+            if not chunk:
+                break
+            chunks.append(chunk)
+    finally:
+        os.close(r)
+        os.waitpid(pid, 0)
+    result = json.loads(b"".join(chunks) or b'{"error": "child died"}')
+    if "error" in result:
+        pytest.fail(f"child failed: {result['error']}")
+    return result["ok"]
+
+
+def test_order_matches_the_stdlib() -> None:
+    calls: list[str] = []
+    for n in (1, 2, 3):
+        forkmem.at_fork(
+            before=lambda n=n: calls.append(f"before{n}"),
+            after_in_parent=lambda n=n: calls.append(f"parent{n}"),
+            after_in_child=lambda n=n: calls.append(f"child{n}"),
+            name=f"h{n}",
+        )
+    child_calls = fork_and_report(lambda: list(calls))
+    assert child_calls == ["before3", "before2", "before1", "child1", "child2", "child3"]
+    assert calls == ["before3", "before2", "before1", "parent1", "parent2", "parent3"]
+
+
+def test_removed_hook_does_not_run() -> None:
+    calls: list[str] = []
+    keep = forkmem.at_fork(before=lambda: calls.append("keep"), name="keep")
+    gone = forkmem.at_fork(before=lambda: calls.append("gone"), name="gone")
+    assert gone.active
+    gone.remove()
+    gone.remove()  # idempotent
+    assert not gone.active
+    assert keep.active
+    assert gone not in forkmem.fork_hooks()
+    assert "removed" in repr(gone)
+    fork_and_report(lambda: None)
+    assert calls == ["keep"]
+
+
+def test_raising_before_hook_neither_stops_the_fork_nor_other_hooks(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    calls: list[str] = []
+
+    def boom() -> None:
+        raise RuntimeError("hook exploded")
+
+    forkmem.at_fork(before=lambda: calls.append("first"), name="first")
+    forkmem.at_fork(before=boom, name="exploding")
+    forkmem.at_fork(before=lambda: calls.append("third"), name="third")
+    with caplog.at_level(logging.ERROR, logger="forkmem"):
+        pid_in_child = fork_and_report(os.getpid)
+    assert pid_in_child != os.getpid()
+    assert calls == ["third", "first"]
+    errors = forkmem.hook_errors()
+    assert len(errors) == 1
+    assert errors[0].hook == "exploding"
+    assert errors[0].phase == "before"
+    assert errors[0].error_type == "builtins.RuntimeError"
+    assert errors[0].message == "hook exploded"
+    assert errors[0].pid == os.getpid()
+    logged = [r for r in caplog.records if r.name.startswith("forkmem")]
+    assert any("exploding" in r.getMessage() for r in logged)
+    assert forkmem.hook_errors(clear=True)
+    assert forkmem.hook_errors() == ()
+
+
+def test_raising_child_hook_is_recorded_in_the_child() -> None:
+    ran: list[str] = []
+
+    def boom() -> None:
+        raise ValueError("child side")
+
+    forkmem.at_fork(after_in_child=boom, name="bad-child")
+    forkmem.at_fork(after_in_child=lambda: ran.append("ok"), name="good-child")
+
+    def child() -> object:
+        return {"ran": ran, "errors": [(e.hook, e.phase) for e in forkmem.hook_errors()]}
+
+    out = fork_and_report(child)
+    assert out == {"ran": ["ok"], "errors": [["bad-child", "after_in_child"]]}
+    assert forkmem.hook_errors() == ()  # the parent saw no failure
+
+
+def test_decorators_register_and_return_the_function() -> None:
+    calls: list[str] = []
+
+    @forkmem.before_fork
+    def prepare() -> None:
+        calls.append("before")
+
+    @forkmem.after_fork_in_parent(name="parent-side")
+    def parent_side() -> None:
+        calls.append("parent")
+
+    @forkmem.after_fork_in_child
+    def child_side() -> None:
+        calls.append("child")
+
+    prepare()  # still an ordinary function
+    calls.clear()
+    names = [h.name for h in forkmem.fork_hooks()]
+    assert "parent-side" in names
+    assert any(n.endswith("prepare") for n in names)
+    assert fork_and_report(lambda: list(calls)) == ["before", "child"]
+    assert calls == ["before", "parent"]
+
+
+def test_bad_arguments_are_invalid_argument() -> None:
+    with pytest.raises(forkmem.InvalidArgument):
+        forkmem.at_fork()
+    with pytest.raises(forkmem.InvalidArgument):
+        forkmem.at_fork(before=42)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="phase"):
+        forkmem.run_fork_hooks("during")  # type: ignore[arg-type]
+
+
+def test_run_fork_hooks_fires_the_same_hooks_by_hand() -> None:
+    calls: list[str] = []
+
+    def boom() -> None:
+        raise OSError("nope")
+
+    forkmem.at_fork(before=lambda: calls.append("b1"), after_in_parent=boom, name="one")
+    forkmem.at_fork(before=lambda: calls.append("b2"), name="two")
+    assert forkmem.run_fork_hooks("before") == ()
+    assert calls == ["b2", "b1"]
+    failures = forkmem.run_fork_hooks("after_in_parent")
+    assert [(f.hook, f.phase) for f in failures] == [("one", "after_in_parent")]
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_registration_from_many_threads_while_forking() -> None:
+    n_threads, per_thread = 8, 150
+    barrier = threading.Barrier(n_threads + 1)
+    made: list[forkmem.ForkHook] = []
+
+    def register() -> None:
+        barrier.wait()
+        for _ in range(per_thread):
+            made.append(forkmem.at_fork(after_in_child=lambda: None, name="threaded"))
+
+    threads = [threading.Thread(target=register) for _ in range(n_threads)]
+    for t in threads:
+        t.start()
+    barrier.wait()
+    # Fork repeatedly while the threads register: every child must be able to register too.
+    children_ok = []
+    for _ in range(5):
+        children_ok.append(
+            fork_and_report(lambda: forkmem.at_fork(before=lambda: None).remove() is None)
+        )
+    for t in threads:
+        t.join(timeout=CHILD_TIMEOUT)
+    assert children_ok == [True] * 5
+    registered = [h for h in forkmem.fork_hooks() if h.name == "threaded"]
+    assert len(made) == n_threads * per_thread
+    assert len(registered) == n_threads * per_thread
+    assert {id(h) for h in registered} == {id(h) for h in made}
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_child_can_register_even_if_the_lock_was_held_at_fork() -> None:
+    held, release = threading.Event(), threading.Event()
+
+    def hold_lock() -> None:
+        with hooks._lock:
+            held.set()
+            release.wait(CHILD_TIMEOUT)
+
+    t = threading.Thread(target=hold_lock)
+    t.start()
+    try:
+        assert held.wait(CHILD_TIMEOUT)
+        # The thread holding the registry lock does not exist in the child.
+        ok = fork_and_report(lambda: forkmem.at_fork(before=lambda: None).active)
+    finally:
+        release.set()
+        t.join(CHILD_TIMEOUT)
+    assert ok is True
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_fork_from_a_non_main_thread_fires_the_hooks() -> None:
+    calls: list[tuple[str, str]] = []
+    forkmem.at_fork(
+        before=lambda: calls.append(("before", threading.current_thread().name)),
+        after_in_parent=lambda: calls.append(("parent", threading.current_thread().name)),
+        after_in_child=lambda: calls.append(("child", threading.current_thread().name)),
+    )
+    out: list[Any] = []
+    t = threading.Thread(
+        target=lambda: out.append(fork_and_report(lambda: list(calls))), name="forker"
+    )
+    t.start()
+    t.join(CHILD_TIMEOUT)
+    assert out == [[["before", "forker"], ["child", "forker"]]]
+    assert calls == [("before", "forker"), ("parent", "forker")]
+
+
+_mp_child_calls: list[str] = []
+
+
+def _mp_target(conn: Any) -> None:
+    conn.send(list(_mp_child_calls))
+    conn.close()
+
+
+def test_multiprocessing_fork_context_fires_the_hooks() -> None:
+    parent_calls: list[str] = []
+    forkmem.at_fork(
+        before=lambda: parent_calls.append("before"),
+        after_in_child=lambda: _mp_child_calls.append("child"),
+        after_in_parent=lambda: parent_calls.append("parent"),
+    )
+    ctx = multiprocessing.get_context("fork")
+    recv, send = ctx.Pipe(duplex=False)
+    proc = ctx.Process(target=_mp_target, args=(send,))
+    proc.start()
+    try:
+        send.close()
+        assert recv.poll(CHILD_TIMEOUT)
+        assert recv.recv() == ["child"]
+    finally:
+        proc.join(CHILD_TIMEOUT)
+        if proc.is_alive():
+            proc.kill()
+    assert proc.exitcode == 0
+    assert parent_calls == ["before", "parent"]
