@@ -1,13 +1,22 @@
 """forkmem: keep forked workers' memory shared, and measure what copy-on-write saves.
 
 The public API is everything in ``__all__``; submodules whose names start with ``_`` are private.
-``import forkmem`` stays cheap: heavy imports (psutil, ctypes) happen on first use.
+``import forkmem`` stays cheap: psutil, ctypes and subprocess are imported on first use.
 """
 
 from __future__ import annotations
 
 from forkmem._units import format_bytes, parse_size
 from forkmem._version import __version__
+from forkmem.bytecode import (
+    BytecodeFile,
+    BytecodeReport,
+    CompileResult,
+    check_bytecode,
+    compile_bytecode,
+    warn_if_missing_bytecode,
+)
+from forkmem.cgroup import CgroupMemory, cgroup_memory
 from forkmem.errors import (
     AccessDenied,
     ChildCrashed,
@@ -21,11 +30,23 @@ from forkmem.errors import (
     UnsupportedPlatform,
     UnsupportedRuntime,
 )
-
-# --- measurement (issue 2) ---
-# --- freeze and fork hooks (issue 3) ---
-# --- bytecode cache (issue 4) ---
-# --- warmup (issue 5) ---
+from forkmem.forkinfo import ForkInfo, fork_info
+from forkmem.freeze import FreezeAroundFork, FreezeReport, freeze_around_fork, frozen, gc_paused
+from forkmem.gcinfo import GcInfo, gc_info
+from forkmem.hooks import (
+    ForkHook,
+    HookError,
+    after_fork_in_child,
+    after_fork_in_parent,
+    at_fork,
+    before_fork,
+    fork_hooks,
+    hook_errors,
+    run_fork_hooks,
+)
+from forkmem.memory import MemoryUsage, RssBreakdown, memory, rss_breakdown
+from forkmem.tree import CowReport, TreeUsage, cow_report, memory_tree
+from forkmem.warmup import WarmupReport, warmup
 
 __all__ = [
     "__version__",
@@ -43,8 +64,44 @@ __all__ = [
     "ProcParseError",
     "UnsupportedPlatform",
     "UnsupportedRuntime",
-    # measurement (issue 2)
-    # freeze and fork hooks (issue 3)
-    # bytecode cache (issue 4)
-    # warmup (issue 5)
+    # measurement
+    "CgroupMemory",
+    "CowReport",
+    "MemoryUsage",
+    "RssBreakdown",
+    "TreeUsage",
+    "cgroup_memory",
+    "cow_report",
+    "memory",
+    "memory_tree",
+    "rss_breakdown",
+    # freezing and fork hooks
+    "ForkHook",
+    "ForkInfo",
+    "FreezeAroundFork",
+    "FreezeReport",
+    "GcInfo",
+    "HookError",
+    "after_fork_in_child",
+    "after_fork_in_parent",
+    "at_fork",
+    "before_fork",
+    "fork_hooks",
+    "fork_info",
+    "freeze_around_fork",
+    "frozen",
+    "gc_info",
+    "gc_paused",
+    "hook_errors",
+    "run_fork_hooks",
+    # bytecode cache
+    "BytecodeFile",
+    "BytecodeReport",
+    "CompileResult",
+    "check_bytecode",
+    "compile_bytecode",
+    "warn_if_missing_bytecode",
+    # warmup
+    "WarmupReport",
+    "warmup",
 ]

@@ -10,16 +10,22 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
-from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from forkmem._version import __version__
 from forkmem.errors import ForkmemError
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
 
 __all__ = ["main"]
 
 # One module per sub-command, in the order `forkmem --help` lists them.
 _COMMANDS = (
     "forkmem.cli._demo",
+    "forkmem.cli._memory",
+    "forkmem.cli._bytecode",
+    "forkmem.cli._doctor",
 )
 
 
