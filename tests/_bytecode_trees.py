@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import json
 import os
 import py_compile
-import select
 import shutil
 import tempfile
-import traceback
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from _forking import run_forked
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
@@ -82,44 +81,13 @@ def run_unprivileged(fn: Callable[[], Any], *, timeout: float = 30.0) -> Any:
     """Run ``fn`` in a forked child as an unprivileged user; return its JSON-able result.
 
     As root the child drops to uid/gid 65534 (nobody) for good; as any other user it already
-    is unprivileged. Exceptions in the child come back as an AssertionError with its traceback.
+    is unprivileged. Exceptions in the child fail the test with the child's traceback.
     """
-    r, w = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # child: never returns into pytest
-        code = 1
-        try:
-            os.close(r)
-            if os.geteuid() == 0:
-                os.setgroups([])
-                os.setgid(NOBODY)
-                os.setuid(NOBODY)
-            payload = json.dumps({"ok": True, "result": fn()}).encode()
-            code = 0
-        except BaseException:
-            payload = json.dumps({"ok": False, "error": traceback.format_exc()}).encode()
-        try:
-            view = memoryview(payload)
-            while view:
-                view = view[os.write(w, view) :]
-        finally:
-            os._exit(code)
-    os.close(w)
-    chunks = []
-    try:
-        while True:
-            ready, _, _ = select.select([r], [], [], timeout)
-            if not ready:
-                os.kill(pid, 9)
-                raise AssertionError(f"unprivileged child timed out after {timeout} s")
-            chunk = os.read(r, 65536)
-            if not chunk:
-                break
-            chunks.append(chunk)
-    finally:
-        os.close(r)
-        os.waitpid(pid, 0)
-    message = json.loads(b"".join(chunks) or b'{"ok": false, "error": "no output"}')
-    if not message["ok"]:
-        raise AssertionError("unprivileged child failed:\n" + message["error"])
-    return message["result"]
+    return run_forked(fn, timeout=timeout, before_child=_drop_root)
+
+
+def _drop_root() -> None:
+    if os.geteuid() == 0:
+        os.setgroups([])
+        os.setgid(NOBODY)
+        os.setuid(NOBODY)

@@ -4,17 +4,14 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
-import json
-import multiprocessing
 import os
-import select
-import signal
 import time
 from typing import TYPE_CHECKING, Any
 
 import pytest
 
 import forkmem
+from _forking import run_forked, run_in_process
 from forkmem import forkinfo
 
 if TYPE_CHECKING:
@@ -25,44 +22,8 @@ pytestmark = pytest.mark.linux_only
 CHILD_TIMEOUT = 30.0
 
 
-def _wait_result(pid: int, r: int) -> Any:
-    chunks = []
-    deadline = time.monotonic() + CHILD_TIMEOUT
-    try:
-        while True:
-            ready, _, _ = select.select([r], [], [], max(deadline - time.monotonic(), 0))
-            if not ready:
-                os.kill(pid, signal.SIGKILL)
-                pytest.fail("child did not answer in time")
-            chunk = os.read(r, 65536)
-            if not chunk:
-                break
-            chunks.append(chunk)
-    finally:
-        os.close(r)
-        os.waitpid(pid, 0)
-    out = json.loads(b"".join(chunks) or b'{"error": "child died"}')
-    if "error" in out:
-        pytest.fail(f"child failed: {out['error']}")
-    return out["ok"]
-
-
 def in_child(fn: Callable[[], Any], fork: Callable[[], int] = os.fork) -> Any:
-    r, w = os.pipe()
-    pid = fork()
-    if pid == 0:  # pragma: no cover - runs in the child
-        code = 0
-        try:
-            os.close(r)
-            payload = json.dumps({"ok": fn()})
-        except BaseException as exc:
-            payload, code = json.dumps({"error": repr(exc)}), 1
-        try:
-            os.write(w, payload.encode())
-        finally:
-            os._exit(code)
-    os.close(w)
-    return _wait_result(pid, r)
+    return run_forked(fn, timeout=CHILD_TIMEOUT, fork=fork)
 
 
 def _info() -> dict[str, Any]:
@@ -145,18 +106,7 @@ def _mp_report(conn: Any) -> None:
 
 @pytest.mark.parametrize("method", ["fork", "spawn"])
 def test_multiprocessing_start_methods(method: str) -> None:
-    ctx = multiprocessing.get_context(method)
-    recv, send = ctx.Pipe(duplex=False)
-    proc = ctx.Process(target=_mp_report, args=(send,))
-    proc.start()
-    try:
-        send.close()
-        assert recv.poll(CHILD_TIMEOUT)
-        info = recv.recv()
-    finally:
-        proc.join(CHILD_TIMEOUT)
-        if proc.is_alive():
-            proc.kill()
+    info, _exitcode = run_in_process(method, _mp_report, timeout=CHILD_TIMEOUT)
     if method == "fork":
         assert info["forked"] is True
         assert info["parent_pid"] == os.getpid()

@@ -5,17 +5,13 @@ from __future__ import annotations
 import asyncio
 import gc
 import importlib.util
-import json
-import os
-import select
-import signal
-import time
 import weakref
 from typing import TYPE_CHECKING, Any
 
 import pytest
 
 import forkmem
+from _forking import run_forked_many
 from forkmem import freeze
 
 if TYPE_CHECKING:
@@ -62,46 +58,7 @@ def _private_dirty() -> int:
 
 def _fork_children(n: int, child: Callable[[], Any]) -> list[Any]:
     """Fork ``n`` children at once; each runs ``child`` and sends back a JSON result."""
-    running = []
-    for _ in range(n):
-        r, w = os.pipe()
-        pid = os.fork()
-        if pid == 0:  # pragma: no cover - runs in the child
-            code = 0
-            try:
-                os.close(r)
-                payload = json.dumps({"ok": child()})
-            except BaseException as exc:
-                payload, code = json.dumps({"error": repr(exc)}), 1
-            try:
-                os.write(w, payload.encode())
-            finally:
-                os._exit(code)
-        os.close(w)
-        running.append((pid, r))
-    results = []
-    deadline = time.monotonic() + CHILD_TIMEOUT
-    for pid, r in running:
-        chunks = []
-        try:
-            while True:
-                ready, _, _ = select.select([r], [], [], max(deadline - time.monotonic(), 0))
-                if not ready:
-                    for p, _fd in running:
-                        os.kill(p, signal.SIGKILL)
-                    pytest.fail("child did not answer in time")
-                chunk = os.read(r, 65536)
-                if not chunk:
-                    break
-                chunks.append(chunk)
-        finally:
-            os.close(r)
-            os.waitpid(pid, 0)
-        out = json.loads(b"".join(chunks) or b'{"error": "child died"}')
-        if "error" in out:
-            pytest.fail(f"child failed: {out['error']}")
-        results.append(out["ok"])
-    return results
+    return run_forked_many(n, child, timeout=CHILD_TIMEOUT)
 
 
 def _copied_by_collect() -> int:

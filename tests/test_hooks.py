@@ -2,19 +2,15 @@
 
 from __future__ import annotations
 
-import json
 import logging
-import multiprocessing
 import os
-import select
-import signal
 import threading
-import time
 from typing import TYPE_CHECKING, Any
 
 import pytest
 
 import forkmem
+from _forking import run_forked, run_in_process
 from forkmem import hooks
 
 if TYPE_CHECKING:
@@ -38,45 +34,7 @@ def _clean_registry() -> Iterator[None]:
 
 def fork_and_report(child: Callable[[], Any], *, fork: Callable[[], int] = os.fork) -> Any:
     """Fork; run ``child`` in the child and return its JSON result to the parent (bounded wait)."""
-    r, w = os.pipe()
-    pid = fork()
-    if pid == 0:  # pragma: no cover - runs in the child
-        code = 0
-        try:
-            os.close(r)
-            payload = json.dumps({"ok": child()})
-        except BaseException as exc:
-            payload = json.dumps({"error": repr(exc)})
-            code = 1
-        try:
-            os.write(w, payload.encode())
-        finally:
-            os._exit(code)
-    os.close(w)
-    return _collect(pid, r)
-
-
-def _collect(pid: int, r: int) -> Any:
-    chunks = []
-    deadline = time.monotonic() + CHILD_TIMEOUT
-    try:
-        while True:
-            left = deadline - time.monotonic()
-            ready, _, _ = select.select([r], [], [], max(left, 0))
-            if not ready:
-                os.kill(pid, signal.SIGKILL)
-                pytest.fail("child did not answer in time (deadlock?)")
-            chunk = os.read(r, 65536)
-            if not chunk:
-                break
-            chunks.append(chunk)
-    finally:
-        os.close(r)
-        os.waitpid(pid, 0)
-    result = json.loads(b"".join(chunks) or b'{"error": "child died"}')
-    if "error" in result:
-        pytest.fail(f"child failed: {result['error']}")
-    return result["ok"]
+    return run_forked(child, timeout=CHILD_TIMEOUT, fork=fork)
 
 
 def test_order_matches_the_stdlib() -> None:
@@ -284,17 +242,7 @@ def test_multiprocessing_fork_context_fires_the_hooks() -> None:
         after_in_child=lambda: _mp_child_calls.append("child"),
         after_in_parent=lambda: parent_calls.append("parent"),
     )
-    ctx = multiprocessing.get_context("fork")
-    recv, send = ctx.Pipe(duplex=False)
-    proc = ctx.Process(target=_mp_target, args=(send,))
-    proc.start()
-    try:
-        send.close()
-        assert recv.poll(CHILD_TIMEOUT)
-        assert recv.recv() == ["child"]
-    finally:
-        proc.join(CHILD_TIMEOUT)
-        if proc.is_alive():
-            proc.kill()
-    assert proc.exitcode == 0
+    child_calls, exitcode = run_in_process("fork", _mp_target, timeout=CHILD_TIMEOUT)
+    assert child_calls == ["child"]
+    assert exitcode == 0
     assert parent_calls == ["before", "parent"]
