@@ -91,12 +91,25 @@ def test_fast_tier(capsys: pytest.CaptureFixture[str]) -> None:
     assert "ANON" in capsys.readouterr().out
 
 
-def test_missing_pid_exits_1_with_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+def test_fast_tree_lists_descendants(capsys: pytest.CaptureFixture[str]) -> None:
+    with forked(sleeper) as child:
+        assert child.recv() == "ready"
+        data = _json(capsys, "--fast", "--tree")
+    assert isinstance(data, dict)
+    pids = [p["pid"] for p in data["processes"]]
+    assert pids[0] == os.getpid()
+    assert child.pid in pids
+    assert {p["source"] for p in data["processes"]} == {"status"}
+    assert data["totals"] == {"rss": sum(p["rss"] for p in data["processes"])}
+    assert data["denied"] == 0
+
+
+def test_missing_pid_exits_2_with_one_line(capsys: pytest.CaptureFixture[str]) -> None:
     pid = os.fork()
     if pid == 0:
         os._exit(0)
     reap(pid)
-    assert main(["memory", str(pid)]) == 1
+    assert main(["memory", str(pid)]) == 2
     captured = capsys.readouterr()
     assert captured.out == ""
     assert captured.err == f"forkmem memory: no process {pid}\n"

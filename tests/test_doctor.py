@@ -47,6 +47,14 @@ def test_every_check_reports(cached: Path) -> None:
     assert all(name in text for name in NAMES)
 
 
+def test_a_failing_check_keeps_its_name(tmp_path: Path) -> None:
+    result = diagnose(paths=[str(tmp_path / "missing")])
+    assert [f.name for f in result.findings] == NAMES
+    bytecode = result.findings[0]
+    assert bytecode.level == "info"
+    assert bytecode.value.startswith("could not check:")
+
+
 def test_bytecode_finding(cached: Path, uncached: Path) -> None:
     good = diagnose(paths=[str(cached)])
     (bc,) = [f for f in good.findings if f.name == "bytecode"]

@@ -36,6 +36,11 @@ def test_parse_size_rejects(bad: object) -> None:
     assert isinstance(info.value, ValueError)
 
 
+def test_parse_size_rejects_a_size_too_large_for_a_float() -> None:
+    with pytest.raises(forkmem.InvalidArgument, match="too large"):
+        forkmem.parse_size("9" * 400 + " MiB")
+
+
 def test_parse_size_rejects_other_types() -> None:
     with pytest.raises(forkmem.InvalidArgument, match="list"):
         forkmem.parse_size([5])  # type: ignore[arg-type]

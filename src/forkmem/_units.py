@@ -50,7 +50,10 @@ def parse_size(value: str | int | float) -> int:
         raise InvalidArgument(
             f"cannot read {value!r} as a size; write it like '512 KiB' or '5 MiB'"
         )
-    return int(float(match.group(1)) * _UNITS[unit])
+    size = float(match.group(1)) * _UNITS[unit]
+    if size == float("inf"):  # a digit string past 1e308: int() would raise OverflowError
+        raise InvalidArgument(f"size {value[:40]!r}... is too large")
+    return int(size)
 
 
 def format_bytes(n: int | float | None) -> str:

@@ -190,13 +190,14 @@ def _resolve(mountpoint: str, mount_root: str, cgroup_path: str) -> str | None:
 
 
 def _read_int(directory: str, name: str) -> int | None:
+    """The number in a cgroup file; ``None`` when it is missing or says ``max`` (no limit)."""
     path = os.path.join(directory, name)
     text = _read_text(path)
     if text is None:
         return None
     value = text.strip()
     if value == "max":
-        return -1
+        return None
     if not value.isdigit() or not value.isascii():
         raise ProcParseError(f"expected a number, got {value[:40]!r}", path=path)
     return int(value)
@@ -220,25 +221,24 @@ def _read_stat(directory: str) -> dict[str, int]:
 
 def _read_v2(cgroup: str, directory: str, mount_base: str) -> CgroupMemory | None:
     current = _read_int(directory, "memory.current")
-    if current is None or current < 0:
+    if current is None:
         return None  # the root cgroup: no memory.current, not "in a memory cgroup"
     limits = []
     walk = os.path.normpath(directory)
     while True:
         value = _read_int(walk, "memory.max")
-        if value is not None and value >= 0:
+        if value is not None:
             limits.append(value)
         if walk == mount_base or len(walk) <= len(mount_base):
             break
         walk = os.path.dirname(walk)
-    peak = _read_int(directory, "memory.peak")
     stat = _read_stat(directory)
     return CgroupMemory(
         version=2,
         cgroup=cgroup,
         directory=directory,
         current=current,
-        peak=peak if peak is not None and peak >= 0 else None,
+        peak=_read_int(directory, "memory.peak"),
         limit=min(limits) if limits else None,
         anon=stat.get("anon"),
         file=stat.get("file"),
@@ -251,7 +251,7 @@ def _read_v2(cgroup: str, directory: str, mount_base: str) -> CgroupMemory | Non
 
 def _read_v1(cgroup: str, directory: str) -> CgroupMemory | None:
     current = _read_int(directory, "memory.usage_in_bytes")
-    if current is None or current < 0:
+    if current is None:
         return None
     stat = _read_stat(directory)
     limits = [
@@ -260,15 +260,14 @@ def _read_v1(cgroup: str, directory: str) -> CgroupMemory | None:
             _read_int(directory, "memory.limit_in_bytes"),
             stat.get("hierarchical_memory_limit"),
         )
-        if v is not None and 0 <= v < _V1_UNLIMITED
+        if v is not None and v < _V1_UNLIMITED
     ]
-    peak = _read_int(directory, "memory.max_usage_in_bytes")
     return CgroupMemory(
         version=1,
         cgroup=cgroup,
         directory=directory,
         current=current,
-        peak=peak if peak is not None and peak >= 0 else None,
+        peak=_read_int(directory, "memory.max_usage_in_bytes"),
         limit=min(limits) if limits else None,
         anon=stat.get("total_rss", stat.get("rss")),
         file=stat.get("total_cache", stat.get("cache")),

@@ -94,20 +94,19 @@ def diagnose(*, paths: Sequence[str] | None = None) -> Diagnosis:
     method are that process's own. A check that cannot read what it needs says so as an
     ``info`` finding; it never raises.
     """
-    checks: list[Callable[[], Finding]] = [
-        lambda: _bytecode(paths),
-        _dont_write_bytecode,
-        _thp,
-        _gc,
-        _start_method,
-        _cgroup,
+    checks: list[tuple[str, Callable[[], Finding]]] = [
+        ("bytecode", lambda: _bytecode(paths)),
+        ("dont_write_bytecode", _dont_write_bytecode),
+        ("thp", _thp),
+        ("gc", _gc),
+        ("start_method", _start_method),
+        ("cgroup", _cgroup),
     ]
     findings = []
-    for check in checks:
+    for name, check in checks:
         try:
             findings.append(check())
         except Exception as exc:  # a doctor that crashes helps nobody: report and go on
-            name = getattr(check, "__name__", "check").lstrip("_")
             findings.append(Finding(name, "info", f"could not check: {exc}", ""))
     return Diagnosis(tuple(findings))
 
@@ -197,26 +196,18 @@ def _thp() -> Finding:
 
 
 def _gc() -> Finding:
-    try:
-        from forkmem import gcinfo
+    from forkmem.gcinfo import gc_info
 
-        info = gcinfo.gc_info()
-        kind, freeze = str(info.collector), int(info.freeze_count)
-        data: dict[str, Any] = {
-            "collector": kind,
-            "freeze_count": freeze,
-            "thresholds": list(info.thresholds),
-            "enabled": info.enabled,
-        }
-    except (ImportError, AttributeError):
-        import gc
-        import sysconfig
-
-        kind = "free-threaded" if sysconfig.get_config_var("Py_GIL_DISABLED") else "generational"
-        freeze = gc.get_freeze_count()
-        data = {"collector": kind, "freeze_count": freeze, "thresholds": list(gc.get_threshold())}
+    info = gc_info()
+    kind, freeze = info.collector, info.freeze_count
+    data: dict[str, Any] = {
+        "collector": kind,
+        "freeze_count": freeze,
+        "thresholds": list(info.thresholds),
+        "enabled": info.enabled,
+    }
     value = f"collector: {kind}, {freeze} objects frozen in this process"
-    if kind == "generational":
+    if info.freeze_is_constant_time:
         advice = (
             "freeze once after loading, before forking: forkmem.frozen() or "
             "forkmem.freeze_around_fork() (O(1) on this collector)"
@@ -260,10 +251,14 @@ def _start_method() -> Finding:
 
 
 def _cgroup() -> Finding:
-    current, limit, slab = _cgroup_values()
-    data: dict[str, Any] = {"current": current, "limit": limit, "slab": slab}
-    if current is None:
+    from forkmem.cgroup import cgroup_memory
+
+    cg = cgroup_memory()
+    if cg is None:
+        data: dict[str, Any] = {"current": None, "limit": None, "slab": None}
         return Finding("cgroup", "info", "cgroup memory: not readable here", "", data)
+    current, limit, slab = cg.current, cg.limit, cg.slab
+    data = {"current": current, "limit": limit, "slab": slab}
     if limit is None:
         value = f"cgroup memory: {format_bytes(current)} used, no limit"
         if slab is not None:
@@ -286,59 +281,3 @@ def _cgroup() -> Finding:
             data,
         )
     return Finding("cgroup", "ok", value, "", data)
-
-
-def _cgroup_values() -> tuple[int | None, int | None, int | None]:
-    """(usage, limit, slab) in bytes from forkmem.cgroup_memory(), else the cgroup files."""
-    try:
-        from forkmem.cgroup import cgroup_memory
-
-        cg = cgroup_memory()
-    except Exception:  # absent or failing: fall back to reading the files directly
-        cg = None
-    if cg is not None:
-        current = getattr(cg, "current", None)
-        limit = getattr(cg, "limit", None)
-        slab = getattr(cg, "slab", None)
-        if isinstance(current, int):
-            return (
-                current,
-                limit if isinstance(limit, int) else None,
-                slab if isinstance(slab, int) else None,
-            )
-    return (*_read_cgroup_files(), None)
-
-
-def _read_int(path: str) -> int | None:
-    try:
-        with open(path) as f:
-            text = f.read().strip()
-    except OSError:
-        return None
-    if text == "max" or not text.isdigit():
-        return None
-    value = int(text)
-    return None if value >= 2**62 else value  # cgroup v1 says "no limit" with a huge number
-
-
-def _read_cgroup_files() -> tuple[int | None, int | None]:
-    try:
-        with open("/proc/self/cgroup") as f:
-            lines = f.read().splitlines()
-    except OSError:
-        return None, None
-    for line in lines:
-        hier, _, rest = line.partition(":")
-        controllers, _, path = rest.partition(":")
-        if hier == "0" and controllers == "":
-            base = "/sys/fs/cgroup" + path.rstrip("/")
-            for d in (base, "/sys/fs/cgroup"):
-                current = _read_int(d + "/memory.current")
-                if current is not None:
-                    return current, _read_int(d + "/memory.max")
-        if "memory" in controllers.split(","):
-            for d in ("/sys/fs/cgroup/memory" + path.rstrip("/"), "/sys/fs/cgroup/memory"):
-                current = _read_int(d + "/memory.usage_in_bytes")
-                if current is not None:
-                    return current, _read_int(d + "/memory.limit_in_bytes")
-    return None, None

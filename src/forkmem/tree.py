@@ -80,6 +80,18 @@ def _sum(values: list[int | None]) -> int | None:
     return total
 
 
+def _descendant_pids(pid: int) -> list[int]:
+    """Pids of every descendant of ``pid`` (found with psutil), psutil errors mapped."""
+    import psutil
+
+    try:
+        return [c.pid for c in psutil.Process(pid).children(recursive=True)]
+    except psutil.NoSuchProcess:
+        raise NoSuchProcess(f"process {pid} exited during the walk", pid=pid) from None
+    except psutil.AccessDenied:
+        raise AccessDenied(f"cannot list the children of process {pid}", pid=pid) from None
+
+
 def memory_tree(pid: int | None = None) -> TreeUsage:
     """Measure process ``pid`` (default: the caller) and all its descendants.
 
@@ -87,21 +99,11 @@ def memory_tree(pid: int | None = None) -> TreeUsage:
     read in ``denied``; neither is an error. The root itself raises
     :class:`~forkmem.NoSuchProcess` or :class:`~forkmem.AccessDenied` like :func:`forkmem.memory`.
     """
-    import psutil
-
     root_pid = _check_pid(pid)
     root = memory(root_pid)
-    try:
-        children = psutil.Process(root_pid).children(recursive=True)
-    except psutil.NoSuchProcess:
-        raise NoSuchProcess(f"process {root_pid} exited during the walk", pid=root_pid) from None
-    except psutil.AccessDenied:
-        raise AccessDenied(
-            f"cannot list the children of process {root_pid}", pid=root_pid
-        ) from None
     processes = [root]
     skipped = denied = 0
-    for result in _backend().memory_many([c.pid for c in children]):
+    for result in _backend().memory_many(_descendant_pids(root_pid)):
         if isinstance(result, MemoryUsage):
             processes.append(result)
         elif isinstance(result, NoSuchProcess):

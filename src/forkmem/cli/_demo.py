@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
 from forkmem._units import format_bytes
-from forkmem.errors import InvalidArgument, UnsupportedPlatform
+from forkmem.errors import ChildTimeout, InvalidArgument, UnsupportedPlatform
 
 if TYPE_CHECKING:
     import argparse
@@ -95,7 +95,7 @@ def _measure(count: int) -> _Scenario:
         for _, ready_r, _ in children:
             readable, _, _ = select.select([ready_r], [], [], 60)
             if not readable:
-                raise TimeoutError("a demo child did not finish gc.collect() within 60 s")
+                raise ChildTimeout("a demo child did not finish gc.collect() within 60 s")
             os.read(ready_r, 1)
         dirty = [memory(pid).private_dirty or 0 for pid, _, _ in children]
         tree = memory_tree()

@@ -59,7 +59,11 @@ def run(args: argparse.Namespace) -> int:
         if args.cgroup:
             return _run_cgroup(args)
         return _run_processes(args)
-    except (NoSuchProcess, AccessDenied) as exc:
+    except NoSuchProcess as exc:
+        # A pid that is not (or no longer) a live process is bad input: exit 2, as for pid 0.
+        print(f"forkmem memory: {exc}", file=sys.stderr)
+        return 2
+    except AccessDenied as exc:
         print(f"forkmem memory: {exc}", file=sys.stderr)
         return 1
 
@@ -82,20 +86,9 @@ def _command(pid: int) -> str:
         return "?"
 
 
-def _descendants(pid: int) -> list[int]:
-    import psutil
-
-    try:
-        return [c.pid for c in psutil.Process(pid).children(recursive=True)]
-    except psutil.NoSuchProcess:
-        raise NoSuchProcess(f"no process {pid}", pid=pid) from None
-    except psutil.AccessDenied:
-        raise AccessDenied(f"cannot list the children of process {pid}", pid=pid) from None
-
-
 def _run_processes(args: argparse.Namespace) -> int:
     from forkmem.memory import _check_pid, memory, rss_breakdown
-    from forkmem.tree import memory_tree
+    from forkmem.tree import _descendant_pids, memory_tree
 
     pid = _check_pid(args.pid)
     skipped = denied = 0
@@ -104,11 +97,13 @@ def _run_processes(args: argparse.Namespace) -> int:
         rows = [rss_breakdown(pid)]
         columns = _FAST_COLUMNS
         if args.tree:
-            for child in _descendants(pid):
+            for child in _descendant_pids(pid):
                 try:
                     rows.append(rss_breakdown(child))
                 except NoSuchProcess:
                     skipped += 1
+                except AccessDenied:  # counted like --tree without --fast, not fatal
+                    denied += 1
         totals: dict[str, int | None] = {"rss": sum(r.rss for r in rows)}
     else:
         columns = _FULL_COLUMNS
