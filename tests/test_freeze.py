@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import importlib.util
 import weakref
 from typing import TYPE_CHECKING, Any
 
@@ -185,6 +184,11 @@ def test_decorator_rejects_async_functions() -> None:
         forkmem.frozen()(coro)
 
 
+def test_decorator_rejects_what_is_not_callable() -> None:
+    with pytest.raises(forkmem.InvalidArgument, match="decorates"):
+        forkmem.frozen()(42)  # type: ignore[arg-type]
+
+
 def test_bad_arguments() -> None:
     with pytest.raises(forkmem.InvalidArgument, match="warmup"):
         forkmem.frozen(immortalize=True)
@@ -201,15 +205,6 @@ def test_frozen_with_warmup_calls_forkmem_warmup() -> None:
         assert report.collected is None
         assert gc.get_freeze_count() > 0
     assert gc.get_freeze_count() == 0
-
-
-@pytest.mark.skipif(
-    importlib.util.find_spec("forkmem.warmup") is not None, reason="forkmem.warmup is installed"
-)
-def test_frozen_with_warmup_without_the_module_is_a_clear_error() -> None:
-    with pytest.raises(forkmem.UnsupportedRuntime):
-        forkmem.frozen(warmup=True).__enter__()
-    assert not freeze._active
 
 
 def test_gc_paused_restores_the_previous_state() -> None:

@@ -158,6 +158,36 @@ def test_run_fork_hooks_fires_the_same_hooks_by_hand() -> None:
     assert [(f.hook, f.phase) for f in failures] == [("one", "after_in_parent")]
 
 
+def test_c_fork_child_reports_the_same_fork_info_whatever_runs_first() -> None:
+    def child() -> list[object]:
+        forkmem.run_fork_hooks("after_in_child")  # before any fork_info() call this time
+        info = forkmem.fork_info()
+        return [info.via_hook, info.depth, info.parent_pid]
+
+    me = forkmem.fork_info()
+    assert fork_and_report(child, fork=_libc_fork) == [False, me.depth + 1, os.getpid()]
+
+
+class _Unprintable(Exception):
+    def __str__(self) -> str:
+        raise RuntimeError("no str for you")
+
+
+def test_hook_raising_an_unprintable_exception_does_not_stop_the_others() -> None:
+    calls: list[str] = []
+
+    def boom() -> None:
+        raise _Unprintable
+
+    forkmem.at_fork(after_in_parent=boom, name="unprintable")
+    forkmem.at_fork(after_in_parent=lambda: calls.append("next"), name="next")
+    failures = forkmem.run_fork_hooks("after_in_parent")
+    assert calls == ["next"]
+    assert [(f.hook, f.message) for f in failures] == [
+        ("unprintable", "<unprintable _Unprintable>")
+    ]
+
+
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")
 def test_registration_from_many_threads_while_forking() -> None:
     n_threads, per_thread = 8, 150
@@ -207,6 +237,53 @@ def test_child_can_register_even_if_the_lock_was_held_at_fork() -> None:
         release.set()
         t.join(CHILD_TIMEOUT)
     assert ok is True
+
+
+def _libc_fork() -> int:
+    # A fork done in C, like uWSGI's: os.register_at_fork callbacks do not run.
+    import ctypes
+    import ctypes.util
+
+    return int(ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True).fork())
+
+
+def test_c_fork_child_gets_a_fresh_lock_even_after_fork_info() -> None:
+    # ensure_child_hooks() asks fork_info() first, which records the fork; run_fork_hooks()
+    # must still replace the registry lock that a vanished thread held at the fork.
+    held, release = threading.Event(), threading.Event()
+
+    def hold_lock() -> None:
+        with hooks._lock:
+            held.set()
+            release.wait(CHILD_TIMEOUT)
+
+    def child() -> dict[str, Any]:
+        via_hook_first = forkmem.fork_info().via_hook
+        forkmem.run_fork_hooks("after_in_child")
+        locked = hooks._lock.locked()
+        # Only try to register when it cannot hang the child.
+        active = None if locked else forkmem.at_fork(before=lambda: None).active
+        return {
+            "via_hook_first": via_hook_first,
+            "locked": locked,
+            "active": active,
+            "via_hook_after": forkmem.fork_info().via_hook,
+        }
+
+    t = threading.Thread(target=hold_lock)
+    t.start()
+    try:
+        assert held.wait(CHILD_TIMEOUT)
+        out = fork_and_report(child, fork=_libc_fork)
+    finally:
+        release.set()
+        t.join(CHILD_TIMEOUT)
+    assert out == {
+        "via_hook_first": False,
+        "locked": False,
+        "active": True,
+        "via_hook_after": False,  # no os.register_at_fork callback fired in this child
+    }
 
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")

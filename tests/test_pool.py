@@ -164,6 +164,8 @@ def test_spawn_executor_warns_and_works() -> None:
         (fork_pool, {"context": 3}),
         (fork_pool, {"maxtasksperchild": -1}),
         (fork_pool, {"initializer": 42}),
+        (fork_pool, {"initargs": 5}),
+        (process_pool_executor, {"initargs": None}),
         (process_pool_executor, {"max_workers": "2"}),
         (process_pool_executor, {"context": "nope"}),
         (process_pool_executor, {"max_tasks_per_child": 0}),

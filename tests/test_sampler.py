@@ -211,3 +211,31 @@ def test_log_peak_message(caplog: pytest.LogCaptureFixture) -> None:
 def test_bad_arguments(kwargs: dict[str, object]) -> None:
     with pytest.raises(InvalidArgument):
         Sampler(**kwargs)  # type: ignore[arg-type]
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_sampler_running_at_fork_restarts_fresh_in_the_child() -> None:
+    slot = PeakSlot()
+    sampler = Sampler(slot=slot, min_interval=30.0)  # the thread samples once, then waits
+    for _ in range(20):
+        sampler.sample()
+    sampler.start()
+
+    def child() -> None:
+        # The parent's thread does not exist here; its samples were of the parent.
+        sampler.start()
+        sampler.stop()
+
+    try:
+        pid = _fork(child)
+        assert os.WEXITSTATUS(_wait(pid)) == 0
+        peak = slot.read()  # before the parent's final sample overwrites the shared slot
+    finally:
+        parent_peak = sampler.stop()
+        slot.close()
+    assert peak is not None
+    assert peak.pid == pid
+    assert peak.samples <= 2  # the child's thread's first sample and the final one
+    assert parent_peak is not None
+    assert parent_peak.pid == os.getpid()
+    assert parent_peak.samples >= 21

@@ -21,13 +21,15 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal, ParamSpec, TypeVar
 
-from forkmem.errors import ForkmemWarning, InvalidArgument, UnsupportedRuntime
+from forkmem.errors import ForkmemWarning, InvalidArgument
 from forkmem.gcinfo import CollectorKind, collector_kind
 from forkmem.hooks import ForkHook, at_fork
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
     from types import TracebackType
+
+    from forkmem.warmup import WarmupReport
 
 __all__ = ["FreezeAroundFork", "FreezeReport", "freeze_around_fork", "frozen", "gc_paused"]
 
@@ -71,7 +73,7 @@ class FreezeReport:
     """The collector design (see :func:`forkmem.gc_info`)."""
     depth: int
     """Nesting level: 1 for the outermost :func:`frozen` block."""
-    warmup: object | None = None
+    warmup: WarmupReport | None = None
     """The ``forkmem.WarmupReport`` when ``warmup=True``, else ``None``."""
 
 
@@ -135,7 +137,7 @@ class frozen:
         before = gc.get_freeze_count()
         started = time.perf_counter()
         collected: int | None = None
-        warmup_report: object | None = None
+        warmup_report: WarmupReport | None = None
         if self.warmup:
             warmup_report = _run_warmup(self.immortalize)
         else:
@@ -175,6 +177,8 @@ class frozen:
             _pinned = True
 
     def __call__(self, func: Callable[P, R]) -> Callable[P, R]:
+        if not callable(func):
+            raise InvalidArgument(f"frozen() decorates functions; got {func!r}")
         if inspect.iscoroutinefunction(func) or inspect.isasyncgenfunction(func):
             raise InvalidArgument(f"frozen() decorates synchronous functions only, not {func!r}")
         options = {
@@ -192,18 +196,11 @@ class frozen:
         return wrapper
 
 
-def _run_warmup(immortalize: bool) -> object:
-    import importlib
+def _run_warmup(immortalize: bool) -> WarmupReport:
+    # Imported here: warmup's heap walk is only loaded when someone asks for it.
+    from forkmem.warmup import warmup
 
-    # Imported by name: warmup lives in its own module, loaded only when asked for.
-    try:
-        module = importlib.import_module("forkmem.warmup")
-    except ImportError as exc:
-        raise UnsupportedRuntime(
-            "frozen(warmup=True) needs forkmem.warmup, which this installation lacks"
-        ) from exc
-    report: object = module.warmup(immortalize=immortalize)
-    return report
+    return warmup(immortalize=immortalize)
 
 
 @contextmanager

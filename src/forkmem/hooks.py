@@ -112,6 +112,9 @@ class ForkHook:
 # The registry: an immutable tuple, replaced (never mutated) under _lock, read without it.
 _hooks: tuple[ForkHook, ...] = ()
 _lock = threading.Lock()
+# The process _lock was made in: the registry's own record, not forkinfo's, because a C-forked
+# child may call fork_info() (which records the fork) before run_fork_hooks().
+_lock_pid = os.getpid()
 _errors: deque[HookError] = deque(maxlen=_MAX_ERRORS)
 
 
@@ -231,6 +234,15 @@ def hook_errors(*, clear: bool = False) -> tuple[HookError, ...]:
     return errors
 
 
+def _message(exc: Exception) -> str:
+    # An exception whose __str__ raises must not escape the except block below (the hooks
+    # after it would be skipped).
+    try:
+        return str(exc)
+    except Exception:
+        return f"<unprintable {type(exc).__name__}>"
+
+
 def _run(phase: str) -> tuple[HookError, ...]:
     hooks = _hooks  # one atomic read: no lock on the fork path
     ordered = reversed(hooks) if phase == "before" else iter(hooks)
@@ -247,7 +259,7 @@ def _run(phase: str) -> tuple[HookError, ...]:
                 hook=hook.name,
                 phase=phase,
                 error_type=f"{type(exc).__module__}.{type(exc).__qualname__}",
-                message=str(exc),
+                message=_message(exc),
                 pid=os.getpid(),
                 time=time.time(),
             )
@@ -259,12 +271,13 @@ def _run(phase: str) -> tuple[HookError, ...]:
     return tuple(failures)
 
 
-def _reset_in_child() -> None:
-    global _lock
+def _reset_in_child(*, via_hook: bool) -> None:
+    global _lock, _lock_pid
     # Another thread may have held the registration lock at the instant of the fork; that
     # thread does not exist here, so the copy would stay locked forever.
     _lock = threading.Lock()
-    forkinfo._note_fork(via_hook=True)
+    _lock_pid = os.getpid()
+    forkinfo._note_fork(via_hook=via_hook)
 
 
 def run_fork_hooks(phase: Phase) -> tuple[HookError, ...]:
@@ -277,8 +290,9 @@ def run_fork_hooks(phase: Phase) -> tuple[HookError, ...]:
     """
     if phase not in _PHASES:
         raise InvalidArgument(f"phase must be one of {', '.join(_PHASES)}; got {phase!r}")
-    if phase == "after_in_child" and forkinfo._needs_note():
-        _reset_in_child()
+    if phase == "after_in_child" and _lock_pid != os.getpid():
+        # via_hook says whether the os.register_at_fork callbacks fired: here they did not.
+        _reset_in_child(via_hook=False)
     return _run(phase)
 
 
@@ -291,7 +305,7 @@ def _trampoline_after_in_parent() -> None:
 
 
 def _trampoline_after_in_child() -> None:
-    _reset_in_child()
+    _reset_in_child(via_hook=True)
     _run("after_in_child")
 
 

@@ -200,9 +200,12 @@ def _wrapped_initializer(
     initializer: Callable[..., object] | None,
     initargs: Iterable[Any],
 ) -> tuple[Callable[..., object] | None, tuple[Any, ...]]:
-    args = tuple(initargs)
     if initializer is not None and not callable(initializer):
         raise InvalidArgument(f"initializer must be callable; got {initializer!r}")
+    try:
+        args = tuple(initargs)
+    except TypeError as exc:
+        raise InvalidArgument(f"initargs must be an iterable; got {initargs!r}") from exc
     if not sample_memory:
         return initializer, args
     return functools.partial(_init_worker, sample_memory, initializer, args), ()

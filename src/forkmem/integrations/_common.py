@@ -17,8 +17,7 @@ def ensure_child_hooks() -> None:
     """
     import forkmem
 
-    info = forkmem.fork_info()
-    if info.forked and info.via_hook:
+    if forkmem.fork_info().via_hook:  # only ever True in a forked process
         return
     forkmem.run_fork_hooks("after_in_child")
 

@@ -190,32 +190,43 @@ class Sampler:
         cost = self.last_sample_seconds
         return max(self.min_interval, cost * (1.0 / self.duty_cycle - 1.0))
 
-    def _run(self) -> None:
-        while not self._stop.is_set():
+    def _run(self, stop: threading.Event) -> None:
+        while not stop.is_set():
             if not self.sample():
                 return
-            self._stop.wait(self.next_interval())
+            stop.wait(self.next_interval())
 
     def start(self) -> Sampler:
         """Start the sampling thread (daemon); returns ``self``. Idempotent."""
         if self._thread is not None and self._thread.is_alive():
             return self
-        if self._pid_arg is None:
+        if self._pid_arg is None and self.pid != os.getpid():
+            # Started again in a forked child: what was sampled so far was the parent.
             self.pid = os.getpid()
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._run, name="forkmem-sampler", daemon=True)
+            self._peak_uss = self._peak_dirty = self._last_uss = self._samples = 0
+            self._cost = self.last_sample_seconds = 0.0
+            self._dead = False
+        # A fresh event for each thread: one inherited through a fork may be locked for good
+        # (its thread was inside wait() at the fork), and a thread that outlived stop()'s join
+        # must not be revived by clearing the event it is waiting on.
+        self._stop = threading.Event()
+        self._thread = threading.Thread(
+            target=self._run, args=(self._stop,), name="forkmem-sampler", daemon=True
+        )
         self._thread.start()
         return self
 
     def stop(self, *, final_sample: bool = True, timeout: float = 5.0) -> PeakMemory | None:
         """Stop the thread, take one last sample (by default) and return the peak."""
-        self._stop.set()
-        thread = self._thread
-        if thread is not None and thread is not threading.current_thread():
-            thread.join(timeout)
-            if thread.is_alive():
-                final_sample = False  # a sample is still running: do not race it
-        self._thread = None
+        thread, self._thread = self._thread, None
+        # Only a live thread needs the event: in a forked child the parent's thread is gone,
+        # and its event may have been locked at the fork.
+        if thread is not None and thread.is_alive():
+            self._stop.set()
+            if thread is not threading.current_thread():
+                thread.join(timeout)
+                if thread.is_alive():
+                    final_sample = False  # a sample is still running: do not race it
         if final_sample:
             self.sample()
         return self.peak()

@@ -382,11 +382,15 @@ class _Session:
         fd = self.write_fd
 
         def _exit(status: int) -> NoReturn:
-            if os.getpid() == me:
-                # Must never keep the child from exiting: any failure just loses the line.
-                with contextlib.suppress(Exception):
-                    os.write(fd, _child_line(status))
-            real_exit(status)
+            # Must never keep the child from exiting: any failure just loses the line, and the
+            # finally covers what suppress does not (KeyboardInterrupt, a signal handler's
+            # SystemExit), which would otherwise return into Airflow's code in the child.
+            try:
+                if os.getpid() == me:
+                    with contextlib.suppress(Exception):
+                        os.write(fd, _child_line(status))
+            finally:
+                real_exit(status)
 
         _exit._forkmem_airflow = True  # type: ignore[attr-defined]
         # Airflow's child always leaves through os._exit: measuring there sees all it copied.
@@ -411,9 +415,7 @@ class _Session:
         while True:
             try:
                 data = os.read(self.read_fd, 65536)
-            except (BlockingIOError, InterruptedError):
-                break
-            except OSError:
+            except OSError:  # BlockingIOError included: nothing more to read now
                 break
             if not data:
                 break
