@@ -327,6 +327,16 @@ def test_compile_bytecode_from_paths_with_workers(pkg: Path) -> None:
     assert counts(check_bytecode(paths=[pkg])) == {"ok": 3, "missing": 1}
 
 
+def test_compile_workers_that_cannot_start_are_failures(
+    pkg: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sys, "executable", str(pkg / "no-such-python"))
+    result = compile_bytecode([pkg], workers=2)
+    assert result.written == ()
+    assert len(result.failed) == 3
+    assert all("cannot start a compile worker" in f.error for f in result.failed)
+
+
 def test_compile_bytecode_at_report_optimization(pkg: Path) -> None:
     report = check_bytecode(paths=[pkg], optimization=2)
     result = compile_bytecode(report)
@@ -375,6 +385,27 @@ def test_loaded_modules(pkg: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         for name in ("fmbcpkg.a", "fmbcpkg"):
             sys.modules.pop(name, None)
     assert mod_a.f() == "a"
+
+
+def test_lazily_loaded_module_is_checked_not_executed(tmp_path: Path) -> None:
+    # importlib.util.LazyLoader runs a module on its first attribute access: the check must not.
+    marker = tmp_path / "executed"
+    src = write(tmp_path / "lazy_fm.py", f"open({str(marker)!r}, 'w').close()\n")
+    spec = importlib.util.spec_from_file_location("lazy_fm", src)
+    assert spec is not None
+    assert spec.loader is not None
+    spec.loader = importlib.util.LazyLoader(spec.loader)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["lazy_fm"] = module
+    try:
+        spec.loader.exec_module(module)
+        by_name = check_bytecode(modules=[module, "lazy_fm"])
+        everything = check_bytecode()
+        assert not marker.exists(), "the lazy module was executed"
+        assert [(f.module, f.status) for f in by_name.files] == [("lazy_fm", "missing")]
+        assert [f.source for f in everything.files if f.module == "lazy_fm"] == [str(src)]
+    finally:
+        sys.modules.pop("lazy_fm", None)
 
 
 def test_namespace_and_zip_modules_are_skipped(
@@ -439,6 +470,10 @@ def test_json_round_trip(pkg: Path) -> None:
         ({"optimization": 3}, "optimization"),
         ({"modules": ["forkmem_never_loaded_x"]}, "not loaded"),
         ({"modules": [42]}, "modules must"),
+        ({"modules": 42}, "modules must"),
+        ({"optimization": 1.0}, "optimization"),
+        ({"optimization": True}, "optimization"),
+        ({"paths": b"/tmp"}, "not bytes"),
     ],
 )
 def test_bad_arguments(kwargs: dict[str, object], message: str) -> None:

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import sys
+from typing import TYPE_CHECKING
 
 import pytest
 
 from forkmem import InvalidArgument
 from forkmem.testing import Attribution, copied_objects, page_snapshot, run_in_child
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 pytestmark = pytest.mark.linux_only
 
@@ -100,3 +105,27 @@ def test_snapshot_from_another_process_is_rejected() -> None:
     with pytest.raises(InvalidArgument, match="taken in process"):
         run_in_child(copied_objects, since=snap)
     assert snap.pid == os.getpid()
+
+
+def test_since_must_be_a_snapshot() -> None:
+    with pytest.raises(InvalidArgument, match="PageSnapshot"):
+        copied_objects(since=3)  # type: ignore[arg-type]
+
+
+def test_attribution_does_not_execute_lazily_loaded_modules(tmp_path: Path) -> None:
+    # importlib.util.LazyLoader runs a module on its first attribute access: the walk must not.
+    marker = tmp_path / "executed"
+    src = tmp_path / "lazy_attr_fm.py"
+    src.write_text(f"open({str(marker)!r}, 'w').close()\n")
+    spec = importlib.util.spec_from_file_location("lazy_attr_fm", src)
+    assert spec is not None
+    assert spec.loader is not None
+    spec.loader = importlib.util.LazyLoader(spec.loader)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["lazy_attr_fm"] = module
+    try:
+        spec.loader.exec_module(module)
+        assert run_in_child(lambda: None, attribution=True).attribution is not None
+        assert not marker.exists(), "the lazy module was executed in the child"
+    finally:
+        sys.modules.pop("lazy_attr_fm", None)

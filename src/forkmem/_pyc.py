@@ -19,7 +19,7 @@ import stat
 import struct
 import sys
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Iterator
@@ -320,6 +320,21 @@ def iter_paths(paths: Iterable[str]) -> Iterator[Group]:
             yield directory, [], [Found("skipped", path, reason="not a Python source or pyc file")]
 
 
+def namespace(module: object) -> dict[str, object]:
+    """A module's own attributes, read without running any of its code.
+
+    Plain attribute access can run code: a module loaded through ``importlib.util.LazyLoader``
+    executes itself on its first attribute access, a module ``__getattr__`` may import, and
+    ``sys.modules`` may hold any object. ``object.__getattribute__`` reads the ``__dict__``
+    slot past all of them.
+    """
+    try:
+        ns = object.__getattribute__(module, "__dict__")
+    except (AttributeError, TypeError):
+        return {}
+    return ns if isinstance(ns, dict) else {}
+
+
 def iter_modules(modules: Iterable[tuple[str, object]]) -> Iterator[Group]:
     """Findings for loaded modules, from ``__spec__.origin``/``__file__`` only (never imports).
 
@@ -334,10 +349,11 @@ def iter_modules(modules: Iterable[tuple[str, object]]) -> Iterator[Group]:
     sep = os.sep
     one_suffix = SOURCE_SUFFIXES[0] if len(SOURCE_SUFFIXES) == 1 else None
     for name, module in modules:
-        spec = getattr(module, "__spec__", None)
-        origin: str | None
+        ns = namespace(module)
+        spec: Any = ns.get("__spec__")
+        origin: Any
         if spec is None:
-            origin = getattr(module, "__file__", None)
+            origin = ns.get("__file__")
             if name == "__main__":
                 why = "__main__ run as a script: always compiled, never cached"
                 skipped.append(Found("skipped", origin or "", module=name, reason=why))

@@ -11,10 +11,14 @@ import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+# The result types are public, so they live in forkmem.bytecode, which imports this module
+# on the first compile only.
+from forkmem.bytecode import CompileFailure, CompileResult
+
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
-__all__ = ["CompileFailure", "CompileResult"]
+__all__: list[str] = []
 
 MODES = ("timestamp", "checked-hash", "unchecked-hash")
 _ENUM = {
@@ -30,59 +34,6 @@ class Job:
     cache: str
     optimization: int
     mode: str | None
-
-
-@dataclass(frozen=True, slots=True)
-class CompileFailure:
-    """A file :func:`forkmem.compile_bytecode` could not compile or write."""
-
-    source: str
-    """The source file."""
-    cache: str
-    """The pyc it should have written."""
-    error: str
-    """The error message (compiler message for a syntax error, OS error otherwise)."""
-    syntax_error: bool
-    """True when the source does not compile (the file is broken, not the cache)."""
-
-
-@dataclass(frozen=True, slots=True)
-class CompileResult:
-    """Result of :func:`forkmem.compile_bytecode`."""
-
-    written: tuple[str, ...]
-    """The pyc files written."""
-    failed: tuple[CompileFailure, ...]
-    """The files that could not be compiled or written, with the reason."""
-
-    @property
-    def ok(self) -> bool:
-        """True when nothing failed."""
-        return not self.failed
-
-    def summary(self) -> str:
-        """One line for humans."""
-        text = f"wrote {len(self.written)} pyc files"
-        if self.failed:
-            syntax = sum(f.syntax_error for f in self.failed)
-            text += f", {len(self.failed)} failed ({syntax} syntax errors)"
-        return text
-
-    def as_dict(self) -> dict[str, Any]:
-        """A JSON-ready dict."""
-        return {
-            "ok": self.ok,
-            "written": list(self.written),
-            "failed": [
-                {
-                    "source": f.source,
-                    "cache": f.cache,
-                    "error": f.error,
-                    "syntax_error": f.syntax_error,
-                }
-                for f in self.failed
-            ],
-        }
 
 
 def default_mode() -> str:
@@ -135,21 +86,23 @@ def _run_worker(chunk: list[list[Any]]) -> list[list[Any]]:
     import subprocess
     import sys
 
-    proc = subprocess.run(
-        [sys.executable, "-I", "-c", _WORKER],
-        input=json.dumps(chunk),
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if proc.returncode != 0:
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-I", "-c", _WORKER],
+            input=json.dumps(chunk),
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+    except OSError as exc:  # sys.executable missing or empty (an embedding application)
+        error = f"cannot start a compile worker: {exc}"
+    else:
+        if proc.returncode == 0:
+            result: list[list[Any]] = json.loads(proc.stdout)
+            return result
         err = (proc.stderr.strip().splitlines() or ["worker failed"])[-1]
-        return [
-            [src, cfile, f"compile worker exited {proc.returncode}: {err}", False]
-            for src, cfile, *_ in chunk
-        ]
-    result: list[list[Any]] = json.loads(proc.stdout)
-    return result
+        error = f"compile worker exited {proc.returncode}: {err}"
+    return [[src, cfile, error, False] for src, cfile, *_ in chunk]
 
 
 def run(jobs: Sequence[Job], *, workers: int) -> CompileResult:

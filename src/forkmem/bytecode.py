@@ -16,7 +16,6 @@ from types import ModuleType
 from typing import TYPE_CHECKING, Any, Literal, Union
 
 from forkmem import _pyc
-from forkmem._pycompile import CompileFailure, CompileResult
 from forkmem._units import format_bytes
 from forkmem.errors import InvalidArgument, UnsupportedRuntime
 
@@ -177,7 +176,7 @@ class BytecodeReport:
         if self.ok:
             lines.append("every source file has a valid pyc")
         else:
-            bad = len(self.uncached)
+            bad = sum(self.counts[s] for s in _UNCACHED)
             lines.append(
                 f"{bad} files ({format_bytes(self.uncached_bytes)} of source) are compiled "
                 "by every new process"
@@ -223,6 +222,59 @@ class BytecodeReport:
         return json.dumps(self.as_dict(), indent=indent)
 
 
+@dataclass(frozen=True, slots=True)
+class CompileFailure:
+    """A file :func:`forkmem.compile_bytecode` could not compile or write."""
+
+    source: str
+    """The source file."""
+    cache: str
+    """The pyc it should have written."""
+    error: str
+    """The error message (compiler message for a syntax error, OS error otherwise)."""
+    syntax_error: bool
+    """True when the source does not compile (the file is broken, not the cache)."""
+
+
+@dataclass(frozen=True, slots=True)
+class CompileResult:
+    """Result of :func:`forkmem.compile_bytecode`."""
+
+    written: tuple[str, ...]
+    """The pyc files written."""
+    failed: tuple[CompileFailure, ...]
+    """The files that could not be compiled or written, with the reason."""
+
+    @property
+    def ok(self) -> bool:
+        """True when nothing failed."""
+        return not self.failed
+
+    def summary(self) -> str:
+        """One line for humans."""
+        text = f"wrote {len(self.written)} pyc files"
+        if self.failed:
+            syntax = sum(f.syntax_error for f in self.failed)
+            text += f", {len(self.failed)} failed ({syntax} syntax errors)"
+        return text
+
+    def as_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict."""
+        return {
+            "ok": self.ok,
+            "written": list(self.written),
+            "failed": [
+                {
+                    "source": f.source,
+                    "cache": f.cache,
+                    "error": f.error,
+                    "syntax_error": f.syntax_error,
+                }
+                for f in self.failed
+            ],
+        }
+
+
 def _euid() -> int:
     return os.geteuid() if hasattr(os, "geteuid") else -1
 
@@ -240,7 +292,7 @@ def _fspath(p: object, what: str) -> str:
 
 
 def _normalize_paths(paths: PathLike | Iterable[PathLike]) -> list[str]:
-    if isinstance(paths, (str, os.PathLike)):
+    if isinstance(paths, (str, bytes, os.PathLike)):
         items: list[object] = [paths]
     else:
         try:
@@ -263,20 +315,29 @@ def _normalize_paths(paths: PathLike | Iterable[PathLike]) -> list[str]:
 
 
 def _module_items(modules: Iterable[ModuleType | str] | None) -> list[tuple[str, object]]:
+    # ModuleType is tested first on purpose: a failed isinstance() reads obj.__class__, and any
+    # attribute read executes a module loaded by importlib.util.LazyLoader (_pyc.namespace).
     if modules is None:
         return list(sys.modules.items())
-    if isinstance(modules, (str, ModuleType)):
+    if isinstance(modules, (ModuleType, str)):
         modules = [modules]
+    try:
+        given = list(modules)
+    except TypeError:
+        raise InvalidArgument(
+            f"modules must be a module, a name or an iterable of them, not {type(modules).__name__}"
+        ) from None
     items: list[tuple[str, object]] = []
-    for m in modules:
-        if isinstance(m, str):
+    for m in given:
+        if isinstance(m, ModuleType):
+            name = _pyc.namespace(m).get("__name__")
+            items.append((name if isinstance(name, str) else "", m))
+        elif isinstance(m, str):
             mod = sys.modules.get(m)
             if mod is None:
                 # Never import to find out: a name that is not loaded has nothing to check.
                 raise InvalidArgument(f"module {m!r} is not loaded (forkmem never imports it)")
             items.append((m, mod))
-        elif isinstance(m, ModuleType):
-            items.append((m.__name__, m))
         else:
             raise InvalidArgument(f"modules must hold modules or names, not {type(m).__name__}")
     return items
@@ -308,7 +369,8 @@ def check_bytecode(
         raise InvalidArgument("give modules= or paths=, not both")
     if optimization is None:
         optimization = sys.flags.optimize
-    if isinstance(optimization, bool) or optimization not in (0, 1, 2):
+    # bool and float compare equal to 0/1 but would name a pyc ".opt-True" or ".opt-1.0".
+    if type(optimization) is not int or optimization not in (0, 1, 2):
         raise InvalidArgument(f"optimization must be 0, 1 or 2, not {optimization!r}")
     tag = sys.implementation.cache_tag
     if tag is None:
@@ -319,11 +381,11 @@ def check_bytecode(
     if paths is not None:
         roots = _normalize_paths(paths)
         scope = "paths"
-        _judge_paths(roots, judge)
+        judge.groups(_pyc.iter_paths(roots), listdir=True)
     else:
         roots = []
         scope = "modules"
-        _judge_modules(_module_items(modules), judge)
+        judge.groups(_pyc.iter_modules(_module_items(modules)), listdir=False)
     counts: dict[str, int] = dict.fromkeys(STATUSES, 0)
     for row in judge.rows:
         counts[row[2]] += 1
@@ -335,7 +397,7 @@ def check_bytecode(
         cache_tag=tag,
         pycache_prefix=sys.pycache_prefix,
         dont_write_bytecode=sys.dont_write_bytecode,
-        check_source=_pyc.check_source_mode(),
+        check_source=judge.check_mode,
         scope=scope,
         paths=tuple(roots),
         counts=counts,
@@ -444,55 +506,6 @@ class _Judge:
             self.others(found)
 
 
-def _judge_paths(roots: list[str], judge: _Judge) -> None:
-    judge.groups(_pyc.iter_paths(roots), listdir=True)
-
-
-def _judge_modules(items: list[tuple[str, object]], judge: _Judge) -> None:
-    """Loaded modules: the hot path of a big process (one stat + one pyc read each).
-
-    Plain source modules are picked here with a few attribute reads; everything else
-    (builtin, frozen, zip, namespace, extension, sourceless, unreadable) goes through
-    :func:`_pyc.iter_modules`, which says why it is skipped.
-    """
-    suffix = _pyc.SOURCE_SUFFIXES[0] if len(_pyc.SOURCE_SUFFIXES) == 1 else None
-    sep = os.sep
-    stat = os.stat
-    seen: set[str] = set()
-    others: list[tuple[str, object]] = []
-    by_dir: dict[str, list[_pyc.Source]] = {}
-    for name, module in items:
-        spec = getattr(module, "__spec__", None)
-        origin = getattr(spec, "origin", None)
-        if (
-            suffix is None
-            or origin.__class__ is not str
-            or not origin.endswith(suffix)
-            or not spec.has_location  # type: ignore[union-attr]
-            or spec.loader.__class__.__name__ == "zipimporter"  # type: ignore[union-attr]
-        ):
-            others.append((name, module))
-            continue
-        if origin in seen:
-            continue  # aliases such as os.path -> posixpath
-        try:
-            st = stat(origin)
-        except OSError:
-            others.append((name, module))  # the slow path reports it as a problem
-            continue
-        seen.add(origin)
-        directory = origin.rpartition(sep)[0]
-        group = by_dir.get(directory)
-        if group is None:
-            group = by_dir[directory] = []
-        group.append((origin, st.st_size, st.st_mtime, name))
-    for directory, sources in by_dir.items():
-        judge.sources(directory, sources, listdir=False)
-    for directory, sources, found in _pyc.iter_modules(others):
-        judge.sources(directory, [s for s in sources if s[0] not in seen], listdir=False)
-        judge.others(found)
-
-
 def compile_bytecode(
     report_or_paths: BytecodeReport | PathLike | Iterable[PathLike],
     *,
@@ -546,15 +559,17 @@ def warn_if_missing_bytecode(
     what it finds.
     """
     import logging
+    import shlex
 
     report = check_bytecode(modules=modules)
     if report.ok:
         return None
-    roots = _fix_roots(report)
+    uncached = report.uncached
+    roots = _fix_roots(uncached)
     c = report.counts
-    fix = "forkmem bytecode --fix " + " ".join(_shell_quote(r) for r in roots)
+    fix = "forkmem bytecode --fix " + " ".join(shlex.quote(r) for r in roots)
     msg = (
-        f"{len(report.uncached)} of {len(report._rows)} loaded modules have no usable bytecode "
+        f"{len(uncached)} of {len(report._rows)} loaded modules have no usable bytecode "
         f"cache ({c['missing']} missing, {c['stale']} stale, {c['unwritable']} unwritable): "
         f"every new process compiles {format_bytes(report.uncached_bytes)} of source. "
         f"Fix (at image build time, as the owner of the files): {fix}"
@@ -565,19 +580,13 @@ def warn_if_missing_bytecode(
     return report
 
 
-def _shell_quote(s: str) -> str:
-    import shlex
-
-    return shlex.quote(s)
-
-
-def _fix_roots(report: BytecodeReport) -> list[str]:
-    """The sys.path entries (or directories) holding the uncached files, longest match first."""
+def _fix_roots(uncached: Iterable[BytecodeFile]) -> list[str]:
+    """The sys.path entries (or directories) holding ``uncached``, longest match first."""
     entries = sorted(
         {os.path.abspath(p) for p in sys.path if p and os.path.isdir(p)}, key=len, reverse=True
     )
     roots: list[str] = []
-    for f in report.uncached:
+    for f in uncached:
         src = os.path.abspath(f.source or "")
         root = next((e for e in entries if src.startswith(e + os.sep)), os.path.dirname(src))
         if root not in roots:

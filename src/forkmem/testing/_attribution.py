@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from forkmem._units import format_bytes
+from forkmem.errors import InvalidArgument
 from forkmem.testing._pagemap import PageSnapshot, copied_pages
 
 __all__ = ["Attribution", "HolderShare", "TypeShare", "copied_objects"]
@@ -167,10 +168,6 @@ def _is_user_file(path: str) -> bool:
     )
 
 
-def _is_user_module(module: types.ModuleType) -> bool:
-    return _is_user_file(getattr(module, "__file__", None) or "")
-
-
 def _roots() -> list[tuple[str, object]]:
     """Named roots, closest owners first: stack locals, user module globals, other globals."""
     named: list[tuple[str, object]] = []
@@ -185,14 +182,26 @@ def _roots() -> list[tuple[str, object]]:
             for name, value in list(frame.f_locals.items()):
                 named.append((f"{qualname}() local {name}", value))
         frame = frame.f_back
-    modules = [m for m in list(sys.modules.values()) if isinstance(m, types.ModuleType)]
-    modules.sort(key=lambda m: (m.__name__ != "__main__", not _is_user_module(m)))
-    for module in modules:
-        if module.__name__.startswith("forkmem.testing"):
+    # Globals are read from each module's __dict__ slot: attribute access (vars(), .__name__)
+    # would execute a module loaded by importlib.util.LazyLoader, here in the measured child.
+    spaces: list[dict[str, Any]] = [
+        object.__getattribute__(m, "__dict__")
+        for m in list(sys.modules.values())
+        if issubclass(type(m), types.ModuleType)
+    ]
+    spaces.sort(
+        key=lambda ns: (
+            ns.get("__name__") != "__main__",
+            not _is_user_file(str(ns.get("__file__") or "")),
+        )
+    )
+    for ns in spaces:
+        module = str(ns.get("__name__"))
+        if module.startswith("forkmem.testing"):
             continue
-        for name, value in list(vars(module).items()):
+        for name, value in list(ns.items()):
             if not (name.startswith("__") and name.endswith("__")):
-                named.append((f"{module.__name__}.{name}", value))
+                named.append((f"{module}.{name}", value))
     return named
 
 
@@ -355,8 +364,13 @@ def copied_objects(*, since: PageSnapshot | None = None) -> Attribution:
     copied now count: real copy-on-write copies. Without it, every page the child owns counts,
     including memory it allocated itself. The walk itself touches every object, so it copies
     pages too: take it last. Raises :class:`~forkmem.UnsupportedPlatform` without
-    ``/proc/self/pagemap``.
+    ``/proc/self/pagemap``, :class:`~forkmem.InvalidArgument` when ``since`` is not a snapshot
+    of this process.
     """
+    if since is not None and not isinstance(since, PageSnapshot):
+        raise InvalidArgument(
+            f"since must be a PageSnapshot from page_snapshot(), not {type(since).__name__}"
+        )
     pages, page_size = copied_pages(since)
     exclude = () if since is None else (since, since.regions, *(r[2] for r in since.regions))
     return attribute(pages, page_size, exclude=exclude)

@@ -230,8 +230,8 @@ def _collect(pid: int, fd: int, timeout: float) -> tuple[bytes, int]:
                 reaped = True
                 status = raw
         if not eof:
+            os.set_blocking(fd, False)
             while True:  # the child is gone: whatever it wrote is in the pipe already
-                os.set_blocking(fd, False)
                 try:
                     chunk = os.read(fd, 1 << 20)
                 except BlockingIOError:

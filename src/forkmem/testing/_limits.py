@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 from forkmem._units import format_bytes, parse_size
 from forkmem.errors import CopyLimitExceeded, InvalidArgument
-from forkmem.testing._child import ChildResult, _run
+from forkmem.testing._child import ChildResult, _parent_heap, _run
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -60,12 +60,6 @@ class CopyLimit:
         return f"max_fraction={self.max_fraction:g} of the parent heap"
 
 
-def _parent_heap_now() -> int | None:
-    from forkmem.testing._child import _parent_heap
-
-    return _parent_heap()
-
-
 def failure_message(result: ChildResult, limit: int, how: CopyLimit) -> str:
     """The text of :class:`~forkmem.CopyLimitExceeded`: numbers first, then the attribution."""
     lines = [
@@ -108,7 +102,7 @@ def run_limited(
 ) -> tuple[ChildResult, int]:
     """Run ``fn`` in a child, attributing copies when it goes over; returns (result, limit)."""
     __tracebackhide__ = True
-    limit = how.bytes_for(_parent_heap_now())
+    limit = how.bytes_for(_parent_heap())
     return _run(fn, (), {}, timeout=timeout, attribute=limit), limit
 
 

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from forkmem.errors import ChildCrashed, ChildTimeout, CopyLimitExceeded, ForkmemError
+from forkmem.errors import ChildCrashed, ChildTimeout, CopyLimitExceeded, InvalidArgument
 from forkmem.testing._child import ChildResult, _check_timeout, _run
 from forkmem.testing._limits import CopyLimit, assert_shared, check, run_limited
 
@@ -72,12 +72,12 @@ def _nothing() -> None:
 def _limit_of(marker: pytest.Mark) -> tuple[CopyLimit, float]:
     args, kwargs = list(marker.args), dict(marker.kwargs)
     if len(args) > 1:
-        raise ForkmemError("limit_cow takes one positional limit, e.g. limit_cow('5 MiB')")
+        raise InvalidArgument("limit_cow takes one positional limit, e.g. limit_cow('5 MiB')")
     limit = args[0] if args else kwargs.pop("limit", None)
     fraction = kwargs.pop("fraction", None)
     timeout = kwargs.pop("timeout", _DEFAULT_TIMEOUT)
     if kwargs:
-        raise ForkmemError(f"limit_cow got unknown arguments: {', '.join(sorted(kwargs))}")
+        raise InvalidArgument(f"limit_cow got unknown arguments: {', '.join(sorted(kwargs))}")
     return CopyLimit.of(limit, fraction), _check_timeout(timeout)
 
 
@@ -91,7 +91,7 @@ def run_marked(item: pytest.Function, marker: pytest.Mark) -> None:
         pytest.fail("limit_cow cannot run async tests", pytrace=False)
     try:
         how, timeout = _limit_of(marker)
-    except ForkmemError as exc:
+    except InvalidArgument as exc:
         pytest.fail(f"bad limit_cow marker on {item.nodeid}: {exc}", pytrace=False)
     skip_if_unsupported()
     names = item._fixtureinfo.argnames
