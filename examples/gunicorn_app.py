@@ -6,7 +6,8 @@ At import (in the gunicorn master, with ``preload_app``) it builds ``FORKMEM_EXA
 - ``/``: a greeting.
 - ``/memory``: the worker runs ``gc.collect()`` and returns ``forkmem.memory()`` as JSON, with
   its pid and the size of the heap the master built. Private (USS) memory is what the worker
-  could not share.
+  could not share. ``/memory?hold=0.5`` keeps the worker busy for that many seconds (at most
+  2) after measuring, so that concurrent requests reach different sync workers.
 
 Run it: ``gunicorn -c examples/gunicorn.conf.py`` (see that file), then
 ``curl -s 127.0.0.1:8000/memory``.
@@ -18,7 +19,9 @@ import dataclasses
 import gc
 import json
 import os
+import time
 from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qs
 
 import forkmem
 
@@ -50,6 +53,12 @@ def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable
             "memory": dataclasses.asdict(usage),
         }
         body = json.dumps(payload).encode()
+        hold = parse_qs(environ.get("QUERY_STRING", "")).get("hold", ["0"])[0]
+        try:
+            time.sleep(min(max(float(hold), 0.0), 2.0))
+        except ValueError:
+            start_response("400 Bad Request", [("Content-Type", "text/plain")])
+            return [b"hold must be a number of seconds\n"]
         start_response("200 OK", [("Content-Type", "application/json")])
         return [body]
     start_response("200 OK", [("Content-Type", "text/plain")])

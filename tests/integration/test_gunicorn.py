@@ -16,6 +16,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -85,14 +86,22 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
         proc.wait(timeout=5)
 
 
-def _sample_workers(base: str, want: int = WORKERS, tries: int = 60) -> dict[int, dict[str, Any]]:
-    """Ask /memory until ``want`` distinct workers answered (or ``tries`` requests)."""
+def _sample_workers(base: str, want: int = WORKERS, rounds: int = 10) -> dict[int, dict[str, Any]]:
+    """Ask /memory until ``want`` distinct workers answered (or ``rounds`` batches).
+
+    Requests go out ``want`` at a time and each holds its worker for a moment: a busy sync worker
+    cannot accept, so the batch spreads over the workers. One request at a time would not, since
+    the kernel may hand every connection to the same idle worker.
+    """
     seen: dict[int, dict[str, Any]] = {}
-    for _ in range(tries):
-        payload = json.loads(_get(base + "/memory"))
-        seen[payload["pid"]] = payload
-        if len(seen) >= want:
-            break
+    with ThreadPoolExecutor(max_workers=want) as pool:
+        for _ in range(rounds):
+            bodies = pool.map(lambda _: _get(base + "/memory?hold=0.5"), range(want))
+            for body in bodies:
+                payload = json.loads(body)
+                seen[payload["pid"]] = payload
+            if len(seen) >= want:
+                break
     return seen
 
 
