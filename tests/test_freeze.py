@@ -277,7 +277,9 @@ def test_naive_strategy_steps_aside_inside_frozen() -> None:
     with forkmem.frozen(unfreeze=True):
         frozen_before = gc.get_freeze_count()
         _fork_children(1, lambda: None)
-        assert gc.get_freeze_count() == frozen_before  # not unfrozen by the per-fork hook
+        # Not unfrozen by the per-fork hook (that would drop the count to ~0). Not an exact
+        # equality: another thread (xdist's I/O thread) may free a frozen object meanwhile.
+        assert gc.get_freeze_count() > frozen_before // 2
     assert gc.get_freeze_count() == 0
 
 
@@ -285,8 +287,8 @@ def test_young_strategy_leaves_the_parent_unfrozen_inside_frozen() -> None:
     forkmem.freeze_around_fork("young")
     with forkmem.frozen(unfreeze=True):
         frozen_before = gc.get_freeze_count()
-        assert _fork_children(1, gc.get_freeze_count)[0] >= frozen_before
-        assert gc.get_freeze_count() == frozen_before
+        assert _fork_children(1, gc.get_freeze_count)[0] > frozen_before // 2
+        assert gc.get_freeze_count() > frozen_before // 2  # the parent's freeze is untouched
     assert gc.get_freeze_count() == 0
 
 
