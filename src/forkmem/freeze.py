@@ -249,7 +249,7 @@ class FreezeAroundFork:
         self._long_lived_total = 0
         self._full_runs = 0
         if strategy == "young" and collector_kind() == "generational":
-            self._long_lived_total = len(gc.get_objects(2))
+            self._long_lived_total = -1  # counted when first needed: counting walks the heap
             self._full_runs = gc.get_stats()[2]["collections"]
         self._hook: ForkHook
         if strategy == "naive":
@@ -300,20 +300,25 @@ class FreezeAroundFork:
         if full_runs != self._full_runs:  # an automatic or explicit full collection ran
             self._full_runs = full_runs
             self._young_runs = self._long_lived_pending = 0
-            self._long_lived_total = len(gc.get_objects(2))
+            self._long_lived_total = -1
         young = len(gc.get_objects(0)) + len(gc.get_objects(1))
         found = gc.collect(_YOUNG_GENERATION)
         self._young_runs += 1
         self._long_lived_pending += max(0, young - found)
-        if (
-            self._young_runs > gc.get_threshold()[2]
-            and self._long_lived_pending > self._long_lived_total // 4
-        ):
+        if self._young_runs <= gc.get_threshold()[2]:
+            return
+        if self._long_lived_total < 0:
+            # Counting the old generation walks the whole heap, so it waits until the rule can
+            # fire (a handle used for a single fork never pays it); what was promoted since the
+            # last full collection is not part of the long-lived total.
+            old = len(gc.get_objects(2))
+            self._long_lived_total = max(0, old - self._long_lived_pending)
+        if self._long_lived_pending > self._long_lived_total // 4:
             gc.collect()
             self.full_collections += 1
             self._full_runs = gc.get_stats()[2]["collections"]
             self._young_runs = self._long_lived_pending = 0
-            self._long_lived_total = len(gc.get_objects(2))
+            self._long_lived_total = -1
 
     def _naive_before(self) -> None:
         self.forks += 1
