@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import mmap
 import os
 import select
 import signal
@@ -107,3 +108,32 @@ def sleeper(pipe: Pipe) -> None:
     """Child body: report ready, then block until the parent says anything."""
     pipe.send("ready")
     pipe.recv(timeout=60)
+
+
+def touched_map(size: int) -> mmap.mmap:
+    """A private anonymous mapping of ``size`` bytes, every page written (resident and dirty).
+
+    Python's anonymous mmap defaults to MAP_SHARED, which fork never copies: ask for private.
+    """
+    buf = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE)
+    for off in range(0, size, mmap.PAGESIZE):
+        buf[off] = 1
+    return buf
+
+
+def write_on_command(buf: mmap.mmap, nbytes: int) -> Callable[[Pipe], None]:
+    """A child body: say "ready", wait for a byte, write ``nbytes`` into ``buf``, say "written".
+
+    Between the two messages the interpreter stays quiet (raw pipe I/O, one memcpy), so almost
+    nothing but the ``nbytes`` gets copied; then it waits to be released.
+    """
+
+    def body(pipe: Pipe) -> None:
+        payload = b"\x02" * nbytes
+        pipe.send("ready")
+        os.read(pipe.read_fd, 1)
+        buf[: len(payload)] = payload
+        os.write(pipe.write_fd, b'"written"\n')
+        os.read(pipe.read_fd, 1)
+
+    return body

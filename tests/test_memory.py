@@ -12,23 +12,21 @@ import psutil
 import pytest
 
 import forkmem
-from _memory_children import Pipe, forked, reap, sleeper, wait_zombie
+from _memory_children import (
+    Pipe,
+    forked,
+    reap,
+    sleeper,
+    touched_map,
+    wait_zombie,
+    write_on_command,
+)
 from forkmem import _backend_linux, _backend_psutil
 
 pytestmark = pytest.mark.linux_only
 
 MiB = 1024 * 1024
 PAGE = mmap.PAGESIZE
-
-
-def _private_map(size: int) -> mmap.mmap:
-    # Python's anonymous mmap defaults to MAP_SHARED, which fork never copies.
-    return mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE)
-
-
-def _touch(buf: mmap.mmap, nbytes: int, value: int = 1) -> None:
-    for off in range(0, nbytes, PAGE):
-        buf[off] = value
 
 
 def test_self_measurement_is_consistent() -> None:
@@ -60,8 +58,7 @@ def test_rss_breakdown_self_adds_up() -> None:
 
 def test_rss_breakdown_sees_anon_growth() -> None:
     before = forkmem.rss_breakdown()
-    with _private_map(32 * MiB) as buf:
-        _touch(buf, 32 * MiB)
+    with touched_map(32 * MiB):
         after = forkmem.rss_breakdown()
     assert after.rss_anon is not None
     assert before.rss_anon is not None
@@ -79,28 +76,16 @@ def test_memory_and_status_agree_on_rss() -> None:
 def test_child_writes_show_as_private_dirty(n_mib: int) -> None:
     """Acceptance: a child writing N MiB of the parent's pages grows private_dirty by N MiB."""
     size = 32 * MiB
-    with _private_map(size) as buf:
-        _touch(buf, size)  # resident and dirty in the parent before fork
-
-        def body(pipe: Pipe) -> None:
-            # Keep the interpreter quiet between the two measurements (raw pipe I/O, one
-            # memcpy), so almost nothing but the N MiB gets copied.
-            payload = b"\x02" * (n_mib * MiB)
-            pipe.send("ready")
-            os.read(pipe.read_fd, 1)
-            buf[: len(payload)] = payload
-            os.write(pipe.write_fd, b'"written"\n')
-            os.read(pipe.read_fd, 1)
-
-        with forked(body) as child:
-            assert child.recv() == "ready"
-            parent_before = forkmem.memory()
-            before = forkmem.memory(child.pid)
-            os.write(child.write_fd, b"w")
-            assert child.recv() == "written"
-            after = forkmem.memory(child.pid)
-            parent_after = forkmem.memory()
-            child.send("exit")
+    # The parent's pages are resident and dirty before the fork.
+    with touched_map(size) as buf, forked(write_on_command(buf, n_mib * MiB)) as child:
+        assert child.recv() == "ready"
+        parent_before = forkmem.memory()
+        before = forkmem.memory(child.pid)
+        os.write(child.write_fd, b"w")
+        assert child.recv() == "written"
+        after = forkmem.memory(child.pid)
+        parent_after = forkmem.memory()
+        child.send("exit")
     assert before.private_dirty is not None
     assert after.private_dirty is not None
     grown = after.private_dirty - before.private_dirty
@@ -171,15 +156,13 @@ def test_parent_and_untouched_child_pss_sum_to_parent_rss() -> None:
 
 
 def test_rollup_smaps_and_psutil_agree_on_a_still_child() -> None:
-    with _private_map(16 * MiB) as buf:
-        _touch(buf, 16 * MiB)
-        with forked(sleeper) as child:
-            assert child.recv() == "ready"
-            rollup = _backend_linux.memory(child.pid)
-            summed = _backend_linux.memory_from_smaps(child.pid)
-            via_psutil = _backend_psutil.memory(child.pid)
-            raw = psutil.Process(child.pid).memory_full_info()
-            child.send("exit")
+    with touched_map(16 * MiB), forked(sleeper) as child:
+        assert child.recv() == "ready"
+        rollup = _backend_linux.memory(child.pid)
+        summed = _backend_linux.memory_from_smaps(child.pid)
+        via_psutil = _backend_psutil.memory(child.pid)
+        raw = psutil.Process(child.pid).memory_full_info()
+        child.send("exit")
     assert summed.source == "smaps"
     assert via_psutil.source == "psutil"
     # The parent keeps running between the reads: each page it writes is copied and becomes

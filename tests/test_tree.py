@@ -10,7 +10,15 @@ import os
 import pytest
 
 import forkmem
-from _memory_children import Pipe, forked, reap, sleeper, wait_zombie
+from _memory_children import (
+    Pipe,
+    forked,
+    reap,
+    sleeper,
+    touched_map,
+    wait_zombie,
+    write_on_command,
+)
 
 pytestmark = pytest.mark.linux_only
 
@@ -18,16 +26,9 @@ MiB = 1024 * 1024
 PAGE = mmap.PAGESIZE
 
 
-def _touched(size: int) -> mmap.mmap:
-    buf = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE)
-    for off in range(0, size, PAGE):
-        buf[off] = 1
-    return buf
-
-
 def test_tree_of_children_and_grandchild() -> None:
     size = 32 * MiB
-    with _touched(size) as buf, contextlib.ExitStack() as stack:
+    with touched_map(size) as buf, contextlib.ExitStack() as stack:
 
         def with_grandchild(pipe: Pipe) -> None:
             with forked(sleeper) as grandchild:
@@ -108,24 +109,14 @@ def test_missing_root_is_no_such_process() -> None:
 
 def test_cow_report_tracks_child_copies() -> None:
     size = 64 * MiB
-    with _touched(size) as buf:
-
-        def body(pipe: Pipe) -> None:
-            payload = b"\x02" * (32 * MiB)
-            pipe.send("ready")
-            os.read(pipe.read_fd, 1)
-            buf[: len(payload)] = payload
-            os.write(pipe.write_fd, b'"written"\n')
-            os.read(pipe.read_fd, 1)
-
-        with forked(body) as child:
-            assert child.recv() == "ready"
-            fresh = forkmem.cow_report(os.getpid(), child.pid)
-            os.write(child.write_fd, b"w")
-            assert child.recv() == "written"
-            parent = forkmem.memory()
-            copied = forkmem.cow_report(parent, forkmem.memory(child.pid))
-            from_tree = forkmem.memory_tree().cow_reports()
+    with touched_map(size) as buf, forked(write_on_command(buf, 32 * MiB)) as child:
+        assert child.recv() == "ready"
+        fresh = forkmem.cow_report(os.getpid(), child.pid)
+        os.write(child.write_fd, b"w")
+        assert child.recv() == "written"
+        parent = forkmem.memory()
+        copied = forkmem.cow_report(parent, forkmem.memory(child.pid))
+        from_tree = forkmem.memory_tree().cow_reports()
     assert fresh.child_pid == copied.child_pid
     assert fresh.parent_pid == os.getpid()
     assert fresh.shared == fresh.child_rss - fresh.child_uss
