@@ -40,6 +40,7 @@ import forkmem
 MiB = 1024 * 1024
 
 DAG_TEMPLATE = """\
+import time
 from datetime import datetime
 
 from airflow.providers.standard.operators.empty import EmptyOperator
@@ -47,6 +48,8 @@ from airflow.sdk import DAG
 
 with DAG(dag_id="bench_dag_{n:03d}", schedule=None, start_date=datetime(2024, 1, 1)):
     EmptyOperator(task_id="only_task")
+
+time.sleep({sleep})  # stands for a DAG file that takes this long to parse
 """
 
 VARIANTS: dict[str, list[str]] = {
@@ -55,6 +58,8 @@ VARIANTS: dict[str, list[str]] = {
     "freeze": [],
     "warmup": ["--forkmem-warmup"],
     "immortalize": ["--forkmem-immortalize"],
+    "rehearse": ["--forkmem-immortalize", "--forkmem-rehearse"],
+    "server": ["--forkmem-immortalize", "--forkmem-rehearse", "--forkmem-fork-server"],
 }
 
 
@@ -68,11 +73,11 @@ class Result:
     frozen: int | None = None
 
 
-def prepare(home: Path, files: int, processes: int) -> dict[str, str]:
+def prepare(home: Path, files: int, processes: int, sleep: float = 0.0) -> dict[str, str]:
     dags = home / "dags"
     dags.mkdir(parents=True, exist_ok=True)
     for n in range(1, files + 1):
-        (dags / f"bench_dag_{n:03d}.py").write_text(DAG_TEMPLATE.format(n=n))
+        (dags / f"bench_dag_{n:03d}.py").write_text(DAG_TEMPLATE.format(n=n, sleep=sleep))
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "FORKMEM_"))}
     env.update(
         AIRFLOW_HOME=str(home),
@@ -177,7 +182,8 @@ def report(results: list[Result], args: argparse.Namespace) -> None:
     base_max = max(off.exit_private) if off and off.exit_private else None
     print(
         f"\nAirflow dag-processor, {args.files} one-task DAG files, parsing_processes="
-        f"{args.processes}, {args.seconds:.0f} s per variant, Python "
+        f"{args.processes}, {args.parse_seconds:g} s parse time per file, {args.seconds:.0f} s per "
+        "variant, Python "
         f"{'.'.join(map(str, sys.version_info[:3]))}, sampled every {args.interval} s\n"
     )
     print(
@@ -207,9 +213,15 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=30.0, help="per variant (30)")
     parser.add_argument("--processes", type=int, default=2, help="parsing_processes (2)")
     parser.add_argument("--interval", type=float, default=0.25, help="tree sampling period (s)")
+    parser.add_argument(
+        "--parse-seconds",
+        type=float,
+        default=0.0,
+        help="each DAG file sleeps this long at import, like a slow-to-parse file (0)",
+    )
     default = ["stock", "off", "freeze", "warmup"]
     if sys.version_info[:2] in ((3, 12), (3, 13)):
-        default.append("immortalize")
+        default += ["immortalize", "rehearse", "server"]
     parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=default)
     parser.add_argument("--keep", metavar="DIR", help="work in DIR and keep logs and stats")
     args = parser.parse_args()
@@ -219,7 +231,7 @@ def main() -> int:
             workdir.mkdir(parents=True, exist_ok=True)
         else:
             workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="fm-af-")))
-        env = prepare(workdir / "home", args.files, args.processes)
+        env = prepare(workdir / "home", args.files, args.processes, args.parse_seconds)
         results = []
         for name in args.variants:
             print(f"running {name} ...", file=sys.stderr, flush=True)

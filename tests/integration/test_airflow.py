@@ -69,6 +69,8 @@ def test_options_reject_bad_values(kwargs: dict[str, Any]) -> None:
 def test_options_from_env() -> None:
     env = {
         "FORKMEM_AIRFLOW_IMMORTALIZE": "yes",
+        "FORKMEM_AIRFLOW_FORK_SERVER": "on",
+        "FORKMEM_AIRFLOW_REHEARSE": "1",
         "FORKMEM_AIRFLOW_CHECK_BYTECODE": "0",
         "FORKMEM_AIRFLOW_STATS_FILE": "/tmp/x.jsonl",
         "FORKMEM_AIRFLOW_PREIMPORT": "json, decimal",
@@ -78,6 +80,10 @@ def test_options_from_env() -> None:
     assert opts.check_bytecode is False
     assert opts.stats_file == "/tmp/x.jsonl"
     assert opts.preimport == ("json", "decimal")
+    assert opts.fork_server is True
+    assert opts.rehearse is True
+    assert fa.AirflowOptions().fork_server is False
+    assert fa.AirflowOptions().rehearse is False
     # Explicit values win; None means "not given".
     assert fa.AirflowOptions.from_env(env, immortalize=False, warmup=None).mode == "warmup"
 
@@ -220,6 +226,49 @@ class _Proc:
         self.pid = pid
 
 
+def _module_level_target() -> None:
+    """A target the fork server can name."""
+
+
+def test_fork_server_names_only_module_level_targets() -> None:
+    from forkmem.integrations._airflow_fork_server import _target_name
+
+    def nested() -> None:
+        pass
+
+    assert _target_name(_module_level_target) == f"{__name__}:_module_level_target"
+    assert _target_name(nested) is None
+    assert _target_name(lambda: None) is None
+    assert _target_name(None) is None
+
+
+@pytest.mark.skipif(HAVE_AIRFLOW, reason="the fallback without Airflow")
+def test_fork_server_without_airflow_leaves_forking_to_airflow(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    sess = fa._Session(
+        fa.AirflowOptions(
+            freeze=False, check_bytecode=False, measure_children=False, fork_server=True
+        )
+    )
+    sess.apply((3, 3, 2))
+    try:
+        assert sess.server is None  # started with the first parse child, not before
+        with (
+            caplog.at_level("WARNING", logger="forkmem.airflow"),
+            sess.routing("/dags/x.py", running=[]),
+        ):
+            assert os.fork is _REAL_FORK  # nothing is routed without a server
+        assert "no fork server" in caplog.text
+        assert sess.server is None
+        assert sess.server_wanted is False  # not tried again for every child
+    finally:
+        sess.close()
+
+
+_REAL_FORK = os.fork
+
+
 # ---------------------------------------------------------------------------------------------
 # A real dag-processor (tox -e integration)
 
@@ -266,6 +315,15 @@ def _serialized_dag_ids(home: str) -> set[str]:
         return {row[0] for row in db.execute("SELECT dag_id FROM serialized_dag")}
 
 
+def _watch_tree(root: int, seen: dict[int, int]) -> None:
+    import psutil
+
+    with contextlib.suppress(psutil.Error):
+        for child in psutil.Process(root).children(recursive=True):
+            with contextlib.suppress(psutil.Error):
+                seen[child.pid] = child.ppid()  # the latest: a parent can change
+
+
 def _records(stats: Path, event: str) -> list[dict[str, Any]]:
     if not stats.exists():
         return []
@@ -293,8 +351,10 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
 
 
 def _run_dag_processor(
-    env: dict[str, str], tmp_path: Path, *extra: str
+    env: dict[str, str], tmp_path: Path, *extra: str, watch: dict[int, int] | None = None
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], str]:
+    """Run the dag-processor until every DAG is parsed; with ``watch``, record the parent of
+    every process seen in its tree (pid -> latest ppid), sampled every 20 ms."""
     tmp_path.mkdir(parents=True, exist_ok=True)
     stats = tmp_path / "stats.jsonl"
     log = tmp_path / "dag_processor.log"
@@ -321,7 +381,13 @@ def _run_dag_processor(
                     and (_serialized_dag_ids(env["AIRFLOW_HOME"])) >= EXPECTED_DAGS
                 ):
                     break
-                time.sleep(1.0)
+                if watch is None:
+                    time.sleep(1.0)
+                    continue
+                until = time.monotonic() + 1.0
+                while time.monotonic() < until:
+                    _watch_tree(proc.pid, watch)
+                    time.sleep(0.02)
         finally:
             _stop(proc)
     return _records(stats, "setup"), _records(stats, "parse_child"), log.read_text()
@@ -345,6 +411,23 @@ def test_dag_processor_parses_and_measures(airflow_home: dict[str, str], tmp_pat
     assert "forkmem: parse child pid=" in log
 
 
+def _median_private(rows: list[dict[str, Any]]) -> float:
+    values = sorted(r["private"] for r in rows)
+    return float(values[len(values) // 2])
+
+
+@pytest.fixture(scope="module")
+def stock_children(
+    airflow_home: dict[str, str], tmp_path_factory: pytest.TempPathFactory
+) -> list[dict[str, Any]]:
+    """The parse children of a stock run (Airflow's own freeze, children measured), once."""
+    _, children, log = _run_dag_processor(
+        airflow_home, tmp_path_factory.mktemp("off"), "--forkmem-no-freeze"
+    )
+    assert len(children) >= DAG_FILES, log[-3000:]
+    return children
+
+
 @pytest.mark.integration
 @pytest.mark.linux_only
 @pytest.mark.timeout(400)
@@ -352,19 +435,66 @@ def test_dag_processor_parses_and_measures(airflow_home: dict[str, str], tmp_pat
     sys.version_info[:2] not in ((3, 12), (3, 13)), reason="immortalization: CPython 3.12/3.13"
 )
 def test_immortalized_manager_children_copy_less(
-    airflow_home: dict[str, str], tmp_path: Path
+    airflow_home: dict[str, str], stock_children: list[dict[str, Any]], tmp_path: Path
 ) -> None:
-    _, stock, _ = _run_dag_processor(airflow_home, tmp_path / "off", "--forkmem-no-freeze")
+    stock = stock_children
     setup, warm, log = _run_dag_processor(airflow_home, tmp_path / "imm", "--forkmem-immortalize")
     assert setup, log[-3000:]
     assert setup[0]["mode"] == "immortalize"
     assert setup[0]["immortalized"] > 0
     assert len(stock) >= DAG_FILES
     assert len(warm) >= DAG_FILES
-
-    def median(rows: list[dict[str, Any]]) -> float:
-        values = sorted(r["private"] for r in rows)
-        return float(values[len(values) // 2])
-
     # Measured here: ~28 MiB stock, ~13 MiB immortalized; the bound leaves wide room.
-    assert median(warm) < 0.75 * median(stock), (median(warm) / MiB, median(stock) / MiB)
+    assert _median_private(warm) < 0.75 * _median_private(stock), (
+        _median_private(warm) / MiB,
+        _median_private(stock) / MiB,
+    )
+
+
+@pytest.mark.integration
+@pytest.mark.linux_only
+@pytest.mark.timeout(400)
+@pytest.mark.skipif(
+    sys.version_info[:2] not in ((3, 12), (3, 13)), reason="immortalization: CPython 3.12/3.13"
+)
+def test_fork_server_children_are_the_managers_and_copy_least(
+    airflow_home: dict[str, str], stock_children: list[dict[str, Any]], tmp_path: Path
+) -> None:
+    stock = stock_children
+    watched: dict[int, int] = {}
+    setup, served, log = _run_dag_processor(
+        airflow_home,
+        tmp_path / "server",
+        "--forkmem-immortalize",
+        "--forkmem-rehearse",
+        "--forkmem-fork-server",
+        watch=watched,
+    )
+    assert setup, log[-3000:]
+    assert setup[0]["fork_server"] is True, log[-3000:]
+    assert setup[0]["rehearsal_seconds"] is not None, log[-3000:]
+    events = _records(tmp_path / "server" / "stats.jsonl", "fork_server")
+    servers = {e["pid"] for e in events if e["action"] == "start"}
+    assert servers, log[-3000:]
+    # Each parsing round has its own server, stopped when the round is over.
+    assert sum(e.get("spawned", 0) for e in events if e["action"] == "stop") >= 1
+    assert "Traceback" not in log, log[-3000:]
+    # Every DAG reached the database and every parse child exited cleanly...
+    assert _serialized_dag_ids(airflow_home["AIRFLOW_HOME"]) >= EXPECTED_DAGS, log[-3000:]
+    assert len(served) >= DAG_FILES
+    assert all(c["exit_code"] == 0 for c in served)
+    # ... as a child of the manager itself (the manager waits for it), not of the server.
+    manager = setup[0]["pid"]
+    parse_pids = {c["pid"] for c in served}
+    seen = {pid: ppid for pid, ppid in watched.items() if pid in parse_pids}
+    assert seen, "no parse child was caught alive"
+    # A child caught in its first moments may still show the short-lived intermediate process
+    # as its parent; never the server, and the manager for most of them.
+    assert not servers & set(seen.values()), seen
+    assert sum(ppid == manager for ppid in seen.values()) >= max(1, len(seen) // 2), seen
+    assert any(watched.get(pid) == manager for pid in servers), (servers, manager)
+    # Measured here: ~28 MiB stock, ~6.6 MiB; the bound leaves wide room.
+    assert _median_private(served) < 0.5 * _median_private(stock), (
+        _median_private(served) / MiB,
+        _median_private(stock) / MiB,
+    )

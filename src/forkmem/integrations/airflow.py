@@ -40,10 +40,11 @@ from forkmem._units import format_bytes
 from forkmem.errors import ForkmemError, InvalidArgument, UnsupportedRuntime
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping, Sequence
+    from collections.abc import Callable, Mapping, Sequence
 
     from forkmem.freeze import FreezeReport, frozen
     from forkmem.hooks import ForkHook
+    from forkmem.integrations._airflow_fork_server import AirflowForkServer
 
 __all__ = [
     "MIN_AIRFLOW_VERSION",
@@ -68,6 +69,16 @@ _FALSE = frozenset({"0", "false", "no", "off", ""})
 
 # How many recent parse children feed the running median (bounded: the loop runs for weeks).
 _RECENT = 4096
+
+_BOOL_FIELDS = (
+    "freeze",
+    "warmup",
+    "immortalize",
+    "check_bytecode",
+    "measure_children",
+    "rehearse",
+    "fork_server",
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,9 +112,20 @@ class AirflowOptions:
     """Modules to import in the manager before the freeze, so parse children share them instead
     of importing them one by one (modules your DAG files import, or ones Airflow's parse path
     imports lazily). A module that fails to import is logged and skipped."""
+    rehearse: bool = False
+    """Before the set-up, parse forkmem's own one-task DAG in the manager with Airflow's
+    parse-child code (a temporary file, removed at once; no user code). The modules, caches and
+    specialized bytecode that every parse child would otherwise build for itself, in pages it
+    shares with the manager, are then built once and shared. Skipped, with a warning, on an
+    Airflow whose parse path it does not know."""
+    fork_server: bool = False
+    """Fork parse children from a quiet copy of the manager made right after the set-up (Linux),
+    instead of from the manager itself. A child then no longer keeps private copies of the pages
+    the busy manager writes while the child runs. The children are still the manager's own
+    (it becomes a child subreaper). If the copy cannot be made or dies, Airflow forks as usual."""
 
     def __post_init__(self) -> None:
-        for name in ("freeze", "warmup", "immortalize", "check_bytecode", "measure_children"):
+        for name in _BOOL_FIELDS:
             value = getattr(self, name)
             if not isinstance(value, bool):
                 raise InvalidArgument(f"AirflowOptions.{name} must be True or False, not {value!r}")
@@ -145,7 +167,7 @@ class AirflowOptions:
         """
         env = os.environ if environ is None else environ
         values: dict[str, Any] = {}
-        for name in ("freeze", "warmup", "immortalize", "check_bytecode", "measure_children"):
+        for name in _BOOL_FIELDS:
             key = _ENV_PREFIX + name.upper()
             if key in env:
                 values[name] = _parse_bool(key, env[key])
@@ -295,6 +317,9 @@ class _Session:
         self.max_private = 0
         self.max_peak_rss = 0
         self.stats: Any = None  # an open text file, only when asked for
+        self.server: AirflowForkServer | None = None
+        self.rehearsal_seconds: float | None = None
+        self.server_wanted = False
 
     # -- parent: set-up before the loop ------------------------------------------------------
 
@@ -311,6 +336,10 @@ class _Session:
                 raise InvalidArgument(f"cannot open the stats file: {exc}") from exc
         if opts.preimport:
             _preimport(opts.preimport)
+        if opts.rehearse:
+            from forkmem.integrations._airflow_rehearsal import rehearse_parse
+
+            self.rehearsal_seconds = rehearse_parse()
         if opts.check_bytecode:  # after the preimports, so they are checked too
             _warn_bytecode()
         if opts.measure_children:
@@ -326,7 +355,55 @@ class _Session:
             self.block = frozen(collect=True, warmup=opts.warmup, immortalize=opts.immortalize)
             self.report = self.block.__enter__()
         seconds = time.perf_counter() - started
+        self.server_wanted = opts.fork_server
         self._log_setup(airflow, seconds)
+
+    # -- parent: the fork server -------------------------------------------------------------
+    # It lives for one parsing round: started with the round's first child, stopped when no
+    # file is queued and no child runs. Every page the manager rewrites while the server lives
+    # is held twice (the server keeps the original), so an idle server would only cost memory.
+
+    def _start_server(self) -> None:
+        from forkmem.integrations._airflow_fork_server import AirflowForkServer
+
+        opts = self.options
+        server = AirflowForkServer(
+            freeze=opts.freeze,
+            warmup=opts.warmup,
+            immortalize=opts.immortalize,
+            arm_child=self._arm_exit if opts.measure_children else None,
+        )
+        if server.start():
+            self.server = server
+            self._write({"event": "fork_server", "action": "start", "pid": server.pid})
+        else:
+            self.server_wanted = False  # it will not work any better next round
+
+    def stop_server(self) -> None:
+        """Stop the fork server (the round is over); the next parse child starts a new one."""
+        server, self.server = self.server, None
+        if server is None:
+            return
+        server.close()
+        self._write(
+            {
+                "event": "fork_server",
+                "action": "stop",
+                "pid": server.pid,
+                "spawned": server.spawned,
+                "fallbacks": server.fallbacks,
+            }
+        )
+
+    def routing(
+        self, path: str | None, running: Sequence[int]
+    ) -> contextlib.AbstractContextManager[None]:
+        """Fork the parse child started inside this block on the fork server, if wanted."""
+        if self.server is None and self.server_wanted:
+            self._start_server()
+        if self.server is None:
+            return contextlib.nullcontext()
+        return self.server.routing(path, running)
 
     def _start_measuring(self) -> None:
         from forkmem.hooks import at_fork
@@ -349,6 +426,8 @@ class _Session:
             "python": ".".join(map(str, sys.version_info[:3])),
             "seconds": round(seconds, 4),
             "frozen": gc.get_freeze_count(),
+            "fork_server": opts.fork_server,
+            "rehearsal_seconds": self.rehearsal_seconds,
         }
         warm = getattr(report, "warmup", None)
         if warm is not None:
@@ -373,11 +452,16 @@ class _Session:
     # -- child: measure at exit --------------------------------------------------------------
 
     def _after_in_child(self) -> None:
-        if self.write_fd < 0 or os.getppid() != self.manager_pid:
+        if os.getppid() != self.manager_pid:
             return  # not a direct child of the manager (DAG code forking, for one)
-        real_exit = os._exit
-        if getattr(real_exit, "_forkmem_airflow", False):
+        self._arm_exit()
+
+    def _arm_exit(self) -> None:
+        """Make ``os._exit`` measure this process first (a parse child, just forked)."""
+        if self.write_fd < 0:
             return
+        # Wrap the real exit even if a copy of the manager already wrapped it (fork server).
+        real_exit: Callable[[int], NoReturn] = getattr(os._exit, "_forkmem_real", os._exit)
         me = os.getpid()
         fd = self.write_fd
 
@@ -392,7 +476,7 @@ class _Session:
             finally:
                 real_exit(status)
 
-        _exit._forkmem_airflow = True  # type: ignore[attr-defined]
+        _exit._forkmem_real = real_exit  # type: ignore[attr-defined]
         # Airflow's child always leaves through os._exit: measuring there sees all it copied.
         os._exit = _exit
 
@@ -458,6 +542,8 @@ class _Session:
         if self.closed:
             return
         self.closed = True
+        self.server_wanted = False
+        self.stop_server()
         if self.hook is not None:
             self.hook.remove()
             self.hook = None
@@ -607,14 +693,23 @@ def _build_manager_class(version: tuple[int, int, int]) -> type[Any]:
                 finally:
                     self.forkmem.close()
 
+        def _create_process(self, dag_file: Any) -> Any:
+            running = [getattr(p, "pid", -1) for p in getattr(self, "_processors", {}).values()]
+            path = getattr(dag_file, "absolute_path", None)
+            with self.forkmem.routing(None if path is None else os.fspath(path), running):
+                return super()._create_process(dag_file)
+
         def _collect_results(self, *args: Any, **kwargs: Any) -> Any:
             processors = getattr(self, "_processors", {})
             self.forkmem.note_children(processors)
             try:
                 return super()._collect_results(*args, **kwargs)
             finally:
-                running = [getattr(p, "pid", -1) for p in getattr(self, "_processors", {}).values()]
+                processors = getattr(self, "_processors", {})
+                running = [getattr(p, "pid", -1) for p in processors.values()]
                 self.forkmem.drain(running)
+                if not processors and not getattr(self, "_file_queue", None):
+                    self.forkmem.stop_server()  # the round is over
 
     ForkmemDagFileProcessorManager.__module__ = __name__
     return ForkmemDagFileProcessorManager
@@ -676,6 +771,20 @@ def _build_parser() -> argparse.ArgumentParser:
         help="do not measure parse children",
     )
     group.add_argument(
+        "--forkmem-rehearse",
+        action="store_const",
+        const=True,
+        default=None,
+        help="parse forkmem's own one-task DAG in the manager before the set-up",
+    )
+    group.add_argument(
+        "--forkmem-fork-server",
+        action="store_const",
+        const=True,
+        default=None,
+        help="fork parse children from a quiet copy of the manager made after the set-up",
+    )
+    group.add_argument(
         "--forkmem-preimport",
         metavar="MODULES",
         default=None,
@@ -696,6 +805,8 @@ def _options_from_args(args: argparse.Namespace) -> AirflowOptions:
         warmup=args.forkmem_warmup,
         immortalize=args.forkmem_immortalize,
         measure_children=args.forkmem_measure_children,
+        rehearse=args.forkmem_rehearse,
+        fork_server=args.forkmem_fork_server,
         stats_file=args.forkmem_stats_file,
         preimport=_split_modules(args.forkmem_preimport) if args.forkmem_preimport else None,
     )

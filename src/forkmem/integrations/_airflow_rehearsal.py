@@ -1,0 +1,113 @@
+"""Parse one built-in DAG in the manager before the set-up, as a parse child would (private).
+
+Every parse child runs the same Airflow code: it imports the modules the parse path loads
+lazily, fills caches (typing, re, pydantic, linecache), records dict-key versions, and its first
+run of each function writes the specializing interpreter's counters into the code object (3.11+).
+In a child all of that lands on pages it shares with the manager, so each child copies them.
+Run once in the manager before ``warmup()``, it is done in pages every child shares instead.
+
+The DAG is forkmem's own one-task DAG, written to a temporary directory that is removed at
+once; no user code runs. Any failure is logged and skipped: the rehearsal is an optimisation.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+__all__ = ["rehearse_parse"]
+
+_logger = logging.getLogger("forkmem.airflow")
+
+_DAG_SOURCE = """\
+from datetime import datetime
+
+from airflow.providers.standard.operators.empty import EmptyOperator
+from airflow.sdk import DAG
+
+with DAG(dag_id="forkmem_rehearsal", schedule=None, start_date=datetime(2024, 1, 1)):
+    EmptyOperator(task_id="forkmem_rehearsal_task")
+"""
+_MODULE_PREFIX = "forkmem_rehearsal"
+
+
+class _Log:
+    """The structlog-style logger ``_parse_file`` expects, routed to forkmem's logger."""
+
+    def _emit(self, level: int, event: str, *args: Any, **kw: Any) -> None:
+        _logger.log(level, "forkmem rehearsal: " + str(event), *args)
+
+    def debug(self, event: str, *args: Any, **kw: Any) -> None:
+        self._emit(logging.DEBUG, event, *args)
+
+    def info(self, event: str, *args: Any, **kw: Any) -> None:
+        self._emit(logging.DEBUG, event, *args)
+
+    def warning(self, event: str, *args: Any, **kw: Any) -> None:
+        self._emit(logging.DEBUG, event, *args)
+
+    def error(self, event: str, *args: Any, **kw: Any) -> None:
+        self._emit(logging.DEBUG, event, *args)
+
+    exception = error
+
+
+def rehearse_parse() -> float | None:
+    """Parse and serialize forkmem's DAG with Airflow's parse-child code, in this process.
+
+    Returns the seconds it took, or None (logged) when this Airflow cannot be rehearsed.
+    """
+    started = time.perf_counter()
+    saved_env = os.environ.get("_AIRFLOW_PROCESS_CONTEXT")
+    saved_bytecode = sys.dont_write_bytecode
+    before = set(sys.modules)
+    try:
+        processor = importlib.import_module("airflow.dag_processing.processor")
+        comms = importlib.import_module("airflow.sdk.execution_time.comms")
+        with tempfile.TemporaryDirectory(prefix="forkmem-rehearsal-") as folder:
+            path = Path(folder) / f"{_MODULE_PREFIX}.py"
+            path.write_text(_DAG_SOURCE, encoding="utf-8")
+            # What the child sets first (client-side code paths); no .pyc next to a temp file.
+            os.environ["_AIRFLOW_PROCESS_CONTEXT"] = "client"
+            sys.dont_write_bytecode = True
+            request = processor.DagFileParseRequest(
+                file=str(path),
+                bundle_path=Path(folder),
+                bundle_name="forkmem",
+                callback_requests=[],
+            )
+            result = processor._parse_file(request, _Log())
+            if result is None or not result.serialized_dags or result.import_errors:
+                _logger.warning(
+                    "forkmem: the parse rehearsal found no DAG (%s); skipped",
+                    getattr(result, "import_errors", None),
+                )
+                return None
+            # The child's last step: encode the result into a frame for the manager
+            # (3.3 builds it in _make_frame, 3.1.7 inline in send).
+            make_frame = getattr(comms.CommsDecoder(socket=None), "_make_frame", None)
+            if make_frame is not None:
+                frame = make_frame(result)
+            else:
+                frame = comms._RequestFrame(id=0, body=result.model_dump())
+            frame.as_bytes()
+    except Exception as exc:  # an optimisation only: never stop the dag-processor for it
+        _logger.warning("forkmem: parse rehearsal skipped: %s: %s", type(exc).__name__, exc)
+        return None
+    finally:
+        sys.dont_write_bytecode = saved_bytecode
+        if saved_env is None:
+            os.environ.pop("_AIRFLOW_PROCESS_CONTEXT", None)
+        else:
+            os.environ["_AIRFLOW_PROCESS_CONTEXT"] = saved_env
+        # The DAG module itself is no use to anyone: drop it (Airflow names it after the path).
+        for name in set(sys.modules) - before:
+            if name.endswith(_MODULE_PREFIX):
+                del sys.modules[name]
+    return time.perf_counter() - started
