@@ -15,7 +15,7 @@ import psutil
 import pytest
 
 from _forking import run_forked
-from forkmem import ForkmemError
+from forkmem import ForkmemError, InvalidArgument
 from forkmem.integrations._fork_server import ForkServer, ForkServerError
 
 pytestmark = pytest.mark.linux_only
@@ -154,46 +154,96 @@ def test_the_server_dies_with_its_parent() -> None:
         pytest.fail(f"the fork server {pid} outlived its parent")
 
 
-def test_orphans_nobody_waits_for_are_reaped() -> None:
+def _subreaper() -> int:
+    import ctypes
+
+    flag = ctypes.c_int(-1)
+    ctypes.CDLL(None).prctl(37, ctypes.byref(flag), 0, 0, 0)  # PR_GET_CHILD_SUBREAPER
+    return flag.value
+
+
+def test_the_parent_is_a_subreaper_only_during_a_request() -> None:
     def body() -> dict[str, Any]:
         server = ForkServer(_report)
         server.start()
         try:
-            # An orphan: a process whose parent exits first is handed to us, the subreaper.
+            after_start = _subreaper()
+            _spawn(server, {})
+            after_spawn = _subreaper()
+            # An orphan made now goes to init (or a subreaper above us), not to this process.
             read_end, write_end = os.pipe()
             middle = os.fork()
             if middle == 0:  # pragma: no cover - child
                 orphan = os.fork()
                 if orphan == 0:
+                    time.sleep(0.5)
                     os._exit(0)
                 os.write(write_end, str(orphan).encode())
                 os._exit(0)
             os.close(write_end)
             orphan = int(_read_all(read_end))
             os.waitpid(middle, 0)
-            devnull = os.open(os.devnull, os.O_WRONLY)
-            try:
-                kept = server.spawn([devnull], {"code": 3})
-            finally:
-                os.close(devnull)
-            deadline = time.monotonic() + 10
-            while time.monotonic() < deadline:  # wait until both are zombies
-                states = {psutil.Process(p).status() for p in (orphan, kept)}
-                if states == {psutil.STATUS_ZOMBIE}:
-                    break
-                time.sleep(0.02)
-            reaped = server.reap_strays(keep=[kept])
-            orphan_gone = not psutil.pid_exists(orphan)
-            _, status = os.waitpid(kept, 0)  # still ours to wait for
+            orphan_parent = psutil.Process(orphan).ppid()
             return {
-                "reaped": reaped,
-                "orphan_gone": orphan_gone,
-                "kept_code": os.waitstatus_to_exitcode(status),
+                "flags": [after_start, after_spawn],
+                "orphan_is_ours": orphan_parent == os.getpid(),
             }
         finally:
             server.close()
 
-    assert run_forked(body) == {"reaped": 1, "orphan_gone": True, "kept_code": 3}
+    assert run_forked(body) == {"flags": [0, 0], "orphan_is_ours": False}
+
+
+class _SlowToAnswer(ForkServer):
+    """Forks the worker, then answers too late: the parent has given up by then."""
+
+    def _fork_worker(self, *args: Any) -> int:  # pragma: no cover - runs in the server
+        pid = super()._fork_worker(*args)
+        time.sleep(3)
+        return pid
+
+
+def test_a_worker_whose_parent_gave_up_never_runs() -> None:
+    def body() -> dict[str, Any]:
+        server = _SlowToAnswer(_report, timeout=1)
+        server.start()
+        read_end, write_end = os.pipe()
+        try:
+            server.spawn([write_end], {"tag": "must not run"})
+        except ForkServerError as exc:
+            error = str(exc)
+        else:
+            error = ""
+        finally:
+            os.close(write_end)
+        # The worker got end-of-file on its go pipe and exited without writing a byte.
+        return {"error": error, "written": _read_all(read_end).decode(), "alive": server.alive}
+
+    out = run_forked(body)
+    assert "did not answer" in out["error"]
+    assert out["written"] == ""
+    assert out["alive"] is False
+
+
+def test_bad_requests_get_typed_errors() -> None:
+    def body() -> list[str]:
+        server = ForkServer(_report)
+        server.start()
+        errors = []
+        try:
+            for fds, request in (([], {"x": object()}), ([], ["not", "a", "dict"]), ([0] * 16, {})):
+                try:
+                    server.spawn(fds, request)  # type: ignore[arg-type]
+                except InvalidArgument as exc:
+                    errors.append(type(exc).__name__)
+            errors.append(str(server.alive))  # bad input does not stop a healthy server
+        finally:
+            server.close()
+        return errors
+
+    assert run_forked(body) == ["InvalidArgument"] * 3 + ["True"]
+    with pytest.raises(InvalidArgument):
+        ForkServer(_report, timeout=0)
 
 
 def test_a_killed_server_is_noticed_and_spawn_raises() -> None:

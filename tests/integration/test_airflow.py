@@ -26,7 +26,7 @@ from forkmem import InvalidArgument, UnsupportedRuntime
 from forkmem.integrations import airflow as fa
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Callable, Iterator
     from pathlib import Path
 
 MiB = 1024 * 1024
@@ -256,7 +256,7 @@ def test_fork_server_without_airflow_leaves_forking_to_airflow(
         assert sess.server is None  # started with the first parse child, not before
         with (
             caplog.at_level("WARNING", logger="forkmem.airflow"),
-            sess.routing("/dags/x.py", running=[]),
+            sess.routing("/dags/x.py"),
         ):
             assert os.fork is _REAL_FORK  # nothing is routed without a server
         assert "no fork server" in caplog.text
@@ -411,6 +411,23 @@ def test_dag_processor_parses_and_measures(airflow_home: dict[str, str], tmp_pat
     assert "forkmem: parse child pid=" in log
 
 
+_IMMORTALIZING_MARKS = (
+    pytest.mark.integration,
+    pytest.mark.linux_only,
+    pytest.mark.timeout(400),
+    pytest.mark.skipif(
+        sys.version_info[:2] not in ((3, 12), (3, 13)), reason="immortalization: CPython 3.12/3.13"
+    ),
+)
+
+
+def _immortalizing_airflow_test(fn: Callable[..., None]) -> Callable[..., None]:
+    """A real dag-processor run with --forkmem-immortalize (CPython 3.12/3.13 only)."""
+    for mark in _IMMORTALIZING_MARKS:
+        fn = mark(fn)
+    return fn
+
+
 def _median_private(rows: list[dict[str, Any]]) -> float:
     values = sorted(r["private"] for r in rows)
     return float(values[len(values) // 2])
@@ -428,12 +445,7 @@ def stock_children(
     return children
 
 
-@pytest.mark.integration
-@pytest.mark.linux_only
-@pytest.mark.timeout(400)
-@pytest.mark.skipif(
-    sys.version_info[:2] not in ((3, 12), (3, 13)), reason="immortalization: CPython 3.12/3.13"
-)
+@_immortalizing_airflow_test
 def test_immortalized_manager_children_copy_less(
     airflow_home: dict[str, str], stock_children: list[dict[str, Any]], tmp_path: Path
 ) -> None:
@@ -451,12 +463,7 @@ def test_immortalized_manager_children_copy_less(
     )
 
 
-@pytest.mark.integration
-@pytest.mark.linux_only
-@pytest.mark.timeout(400)
-@pytest.mark.skipif(
-    sys.version_info[:2] not in ((3, 12), (3, 13)), reason="immortalization: CPython 3.12/3.13"
-)
+@_immortalizing_airflow_test
 def test_fork_server_children_are_the_managers_and_copy_least(
     airflow_home: dict[str, str], stock_children: list[dict[str, Any]], tmp_path: Path
 ) -> None:

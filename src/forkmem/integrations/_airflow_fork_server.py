@@ -27,7 +27,7 @@ from forkmem.errors import UnsupportedPlatform
 from forkmem.integrations._fork_server import ForkServer, ForkServerError
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Collection, Iterator
+    from collections.abc import Callable, Iterator
     from types import FrameType
 
 __all__ = ["AirflowForkServer"]
@@ -123,13 +123,12 @@ class AirflowForkServer:
         self._server.close()
 
     @contextlib.contextmanager
-    def routing(self, path: str | None, running: Collection[int]) -> Iterator[None]:
+    def routing(self, path: str | None) -> Iterator[None]:
         """While inside, an ``os.fork()`` from ``WatchedSubprocess.start`` forks on the server."""
         server = self._server
         if not server.alive:
             yield
             return
-        server.reap_strays(running)
         real_fork = os.fork
 
         def fork() -> int:

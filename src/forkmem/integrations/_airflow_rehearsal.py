@@ -7,7 +7,9 @@ In a child all of that lands on pages it shares with the manager, so each child 
 Run once in the manager before ``warmup()``, it is done in pages every child shares instead.
 
 The DAG is forkmem's own one-task DAG, written to a temporary directory that is removed at
-once; no user code runs. Any failure is logged and skipped: the rehearsal is an optimisation.
+once. The only user code that can run is what Airflow runs on every DAG it parses: cluster
+policies (``airflow_local_settings``). Any failure is logged and skipped: the rehearsal is an
+optimisation.
 """
 
 from __future__ import annotations
@@ -65,17 +67,15 @@ def rehearse_parse() -> float | None:
     """
     started = time.perf_counter()
     saved_env = os.environ.get("_AIRFLOW_PROCESS_CONTEXT")
-    saved_bytecode = sys.dont_write_bytecode
     before = set(sys.modules)
+    folder = ""
     try:
         processor = importlib.import_module("airflow.dag_processing.processor")
         comms = importlib.import_module("airflow.sdk.execution_time.comms")
         with tempfile.TemporaryDirectory(prefix="forkmem-rehearsal-") as folder:
             path = Path(folder) / f"{_MODULE_PREFIX}.py"
             path.write_text(_DAG_SOURCE, encoding="utf-8")
-            # What the child sets first (client-side code paths); no .pyc next to a temp file.
-            os.environ["_AIRFLOW_PROCESS_CONTEXT"] = "client"
-            sys.dont_write_bytecode = True
+            os.environ["_AIRFLOW_PROCESS_CONTEXT"] = "client"  # what the child sets first
             request = processor.DagFileParseRequest(
                 file=str(path),
                 bundle_path=Path(folder),
@@ -101,7 +101,11 @@ def rehearse_parse() -> float | None:
         _logger.warning("forkmem: parse rehearsal skipped: %s: %s", type(exc).__name__, exc)
         return None
     finally:
-        sys.dont_write_bytecode = saved_bytecode
+        # The DagBag puts the bundle folder on sys.path: a deleted, guessable /tmp directory
+        # must not stay there (anyone could re-create it with modules in it).
+        while folder and folder in sys.path:
+            sys.path.remove(folder)
+        sys.path_importer_cache.pop(folder, None)
         if saved_env is None:
             os.environ.pop("_AIRFLOW_PROCESS_CONTEXT", None)
         else:

@@ -7,14 +7,18 @@ private copy in each worker alive at the time. A copy made right after the heap 
 forked from it only ever pay for what they write themselves.
 
 The workers must still be children of the real parent (it waits for them, reads their exit
-codes, signals them). The parent becomes a *child subreaper* (``prctl(PR_SET_CHILD_SUBREAPER)``)
-and the server forks twice: the intermediate process exits at once, and the kernel hands its
-orphan, the worker, to the nearest subreaper, the parent. Linux only.
+codes, signals them). For the length of each request the parent is a *child subreaper*
+(``prctl(PR_SET_CHILD_SUBREAPER)``), and the server forks twice: the intermediate process exits
+at once, and the kernel hands its orphan, the worker, to the nearest subreaper, the parent.
+Only for that moment: a subreaper also inherits every other orphan among its descendants, and
+nobody would reap those. Linux only.
 
 Protocol: one ``SOCK_SEQPACKET`` socket pair. A request is a JSON object plus the file
-descriptors the worker needs (``SCM_RIGHTS``); the answer is ``{"pid": N}`` or
-``{"error": "..."}``. The server exits when the parent closes its end or dies
-(``PR_SET_PDEATHSIG``).
+descriptors the worker needs (``SCM_RIGHTS``), plus the read end of a "go" pipe; the answer is
+``{"pid": N}`` or ``{"error": "..."}``. The worker waits for one byte on the go pipe, which the
+parent writes only once it has the pid: a worker whose parent gave up (timeout, dead server)
+sees end-of-file instead and exits without touching the descriptors, so no file is ever served
+twice. The server exits when the parent closes its end or dies (``PR_SET_PDEATHSIG``).
 """
 
 from __future__ import annotations
@@ -29,10 +33,12 @@ import struct
 import sys
 from typing import TYPE_CHECKING, Any, NoReturn
 
-from forkmem.errors import ForkmemError, UnsupportedPlatform
+from forkmem.errors import ForkmemError, InvalidArgument, UnsupportedPlatform
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Collection, Sequence
+    from collections.abc import Callable, Sequence
+
+    from forkmem.hooks import ForkHook
 
 __all__ = ["ForkServer", "ForkServerError"]
 
@@ -41,7 +47,7 @@ _logger = logging.getLogger("forkmem.fork_server")
 _PR_SET_PDEATHSIG = 1
 _PR_SET_CHILD_SUBREAPER = 36
 _MAX_MESSAGE = 1 << 16
-_MAX_FDS = 16
+_MAX_FDS = 15  # the worker's descriptors; one more travels with them: the go pipe
 _PID = struct.Struct("=q")
 # Signals whose handlers the parent had when the server was made: the server changes its own,
 # and each worker gets the parent's back, as if the parent had forked it.
@@ -83,13 +89,16 @@ class ForkServer:
         *,
         prepare: Callable[[dict[str, Any]], object] | None = None,
         on_start: Callable[[], object] | None = None,
-        timeout: float = 30.0,
+        timeout: float = 20.0,
     ) -> None:
+        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0:
+            raise InvalidArgument(f"timeout must be a positive number of seconds, not {timeout!r}")
         self._run = run
         self._prepare = prepare
         self._on_start = on_start
         self._timeout = timeout
         self._sock: socket.socket | None = None
+        self._hook: ForkHook | None = None
         self.pid = 0
         self.spawned = 0
 
@@ -99,20 +108,25 @@ class ForkServer:
         return self._sock is not None
 
     def start(self) -> None:
-        """Become a child subreaper and fork the server. Raises :class:`UnsupportedPlatform`
-        off Linux and :class:`ForkServerError` when the kernel refuses."""
+        """Fork the server. Raises :class:`UnsupportedPlatform` off Linux and
+        :class:`ForkServerError` when the kernel refuses (no subreaper, no socket, no fork)."""
         if not sys.platform.startswith("linux"):
             raise UnsupportedPlatform("a fork server needs Linux (PR_SET_CHILD_SUBREAPER)")
         if self._sock is not None:
             return
-        try:
-            _prctl(_PR_SET_CHILD_SUBREAPER, 1)
+        try:  # is the subreaper available at all? (set for real around each request)
+            _prctl(_PR_SET_CHILD_SUBREAPER, 0)
+            mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         except OSError as exc:
-            raise ForkServerError(f"cannot become a child subreaper: {exc}") from exc
-        mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+            raise ForkServerError(f"cannot start a fork server: {exc}") from exc
         parent = os.getpid()
         handlers = {s: signal.getsignal(s) for s in _SIGNALS}
-        pid = os.fork()
+        try:
+            pid = os.fork()
+        except OSError as exc:
+            mine.close()
+            theirs.close()
+            raise ForkServerError(f"cannot fork the fork server: {exc}") from exc
         if pid == 0:  # pragma: no cover - runs in the server, reported through its workers
             status = 1
             try:
@@ -128,55 +142,78 @@ class ForkServer:
         mine.settimeout(self._timeout)
         self._sock = mine
         self.pid = pid
+        from forkmem.hooks import at_fork
+
+        # A process this one forks by itself meanwhile must not hold the server's socket: the
+        # server would never see end-of-file while it lives.
+        self._hook = at_fork(after_in_child=self._forget, name="forkmem.fork_server.forget")
+
+    def _forget(self) -> None:
+        sock, self._sock = self._sock, None
+        if sock is not None:
+            sock.close()
 
     def spawn(self, fds: Sequence[int], request: dict[str, Any]) -> int:
         """Have the server fork a worker with these descriptors; return the worker's pid.
 
         The worker is this process's child by the time this returns. Raises
-        :class:`ForkServerError` (and closes the server) when it cannot.
+        :class:`ForkServerError` (and stops the server) when it cannot; the worker, if one was
+        forked, then exits without using the descriptors. Raises
+        :class:`~forkmem.InvalidArgument` for a request that is not a JSON object or too many
+        descriptors.
         """
         sock = self._sock
         if sock is None:
             raise ForkServerError("the fork server is not running")
+        if not isinstance(request, dict) or len(fds) > _MAX_FDS:
+            raise InvalidArgument(
+                f"spawn() takes a dict request and at most {_MAX_FDS} descriptors"
+            )
         try:
-            socket.send_fds(sock, [json.dumps(request).encode()], list(fds))
-            answer = sock.recv(_MAX_MESSAGE)
-        except OSError as exc:  # TimeoutError included: a server that does not answer is dead
-            self.close()
-            raise ForkServerError(f"the fork server did not answer: {exc}") from exc
-        if not answer:
-            self.close()
-            raise ForkServerError("the fork server exited")
-        reply = json.loads(answer)
-        if "pid" not in reply:
-            raise ForkServerError(f"the fork server could not fork: {reply.get('error')}")
-        self.spawned += 1
-        return int(reply["pid"])
-
-    def reap_strays(self, keep: Collection[int]) -> int:
-        """Reap exited children nobody waits for (orphans the subreaper inherited); return how
-        many. ``keep`` are the pids whose exit status someone else will collect."""
-        import psutil
-
-        reaped = 0
+            message = json.dumps({**request, "_fds": len(fds)}).encode()
+        except (TypeError, ValueError) as exc:
+            raise InvalidArgument(f"the request is not JSON: {exc}") from exc
+        if len(message) > _MAX_MESSAGE:
+            raise InvalidArgument(f"the request is larger than {_MAX_MESSAGE} bytes")
+        go_read, go_write = os.pipe()
         try:
-            children = psutil.Process().children()
-        except psutil.Error:
-            return 0
-        for child in children:
-            if child.pid in keep or child.pid == self.pid:
-                continue
             try:
-                if child.status() != psutil.STATUS_ZOMBIE:
-                    continue
-                if os.waitpid(child.pid, os.WNOHANG)[0] == child.pid:
-                    reaped += 1
-            except (psutil.Error, ChildProcessError):
-                continue
-        return reaped
+                _prctl(_PR_SET_CHILD_SUBREAPER, 1)
+                try:
+                    socket.send_fds(sock, [message], [*fds, go_read])
+                    os.close(go_read)
+                    go_read = -1
+                    answer = sock.recv(_MAX_MESSAGE)
+                finally:
+                    _prctl(_PR_SET_CHILD_SUBREAPER, 0)
+            except OSError as exc:  # TimeoutError included: a server that does not answer
+                self.close(timeout=0)
+                raise ForkServerError(f"the fork server did not answer: {exc}") from exc
+            if not answer:
+                self.close(timeout=0)
+                raise ForkServerError("the fork server exited")
+            try:
+                reply = json.loads(answer)
+            except ValueError:
+                reply = None
+            pid = reply.get("pid") if isinstance(reply, dict) else None
+            if not isinstance(pid, int):
+                error = reply.get("error") if isinstance(reply, dict) else repr(answer[:200])
+                raise ForkServerError(f"the fork server could not fork: {error}")
+            os.write(go_write, b"1")  # the pid is known: the worker may start
+        finally:
+            os.close(go_write)
+            if go_read >= 0:
+                os.close(go_read)
+        self.spawned += 1
+        return pid
 
     def close(self, timeout: float = 5.0) -> None:
-        """Stop the server (it exits when its socket closes) and reap it."""
+        """Stop the server (it exits when its socket closes) and reap it; after ``timeout``
+        seconds (at once with 0) it is killed."""
+        if self._hook is not None:
+            self._hook.remove()
+            self._hook = None
         sock, self._sock = self._sock, None
         if sock is None:
             return
@@ -189,7 +226,7 @@ class ForkServer:
                 proc.wait(timeout)
             except psutil.TimeoutExpired:
                 proc.kill()
-                proc.wait(timeout)
+                proc.wait(5.0)
 
     # -- the server process ----------------------------------------------------------------
 
@@ -201,9 +238,11 @@ class ForkServer:
         if os.getppid() != parent:  # the parent died before the line above took effect
             return
         # Ctrl-C reaches the whole process group: the parent decides when the server stops.
+        # The parent's own handlers make no sense here; what it ignores, the server ignores.
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         for sig in _SIGNALS[1:]:
-            signal.signal(sig, signal.SIG_DFL)
+            if handlers.get(sig) is not signal.SIG_IGN:
+                signal.signal(sig, signal.SIG_DFL)
         if self._on_start is not None:
             self._on_start()
         while True:
@@ -215,7 +254,10 @@ class ForkServer:
                 return  # the parent closed its end
             reply: dict[str, Any]
             try:
-                reply = {"pid": self._fork_worker(sock, fds, json.loads(data), handlers)}
+                request = json.loads(data)
+                if len(fds) != request.pop("_fds", -1) + 1:  # the kernel may drop some
+                    raise ForkServerError(f"received {len(fds)} descriptors, not all of them")
+                reply = {"pid": self._fork_worker(sock, fds, request, handlers)}
             except Exception as exc:
                 reply = {"error": f"{type(exc).__name__}: {exc}"}
             finally:
@@ -237,7 +279,12 @@ class ForkServer:
         if self._prepare is not None:
             self._prepare(request)
         read_end, write_end = os.pipe()
-        middle = os.fork()
+        try:
+            middle = os.fork()
+        except OSError:
+            os.close(read_end)
+            os.close(write_end)
+            raise
         if middle == 0:
             status = 0
             try:
@@ -269,15 +316,24 @@ class ForkServer:
         request: dict[str, Any],
         handlers: dict[signal.Signals, Any],
     ) -> NoReturn:  # pragma: no cover - runs in the worker
+        *fds, go = fds
         try:
             sock.close()
+            # Wait until the parent has the pid; end-of-file means it gave up on this worker.
+            if os.read(go, 1) != b"1":
+                _real_exit(0)
+            os.close(go)
             for sig, handler in handlers.items():
                 with contextlib.suppress(OSError, ValueError, TypeError):
                     signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
             self._run(fds, request)
-        except BaseException:
+        except BaseException as exc:
             with contextlib.suppress(BaseException):
                 import traceback
 
+                print(
+                    f"forkmem fork server: worker failed, exiting with 124: {exc!r}",
+                    file=sys.stderr,
+                )
                 traceback.print_exc()
-        _real_exit(124)
+        os._exit(124)  # os._exit, not posix._exit: an integration may measure the worker here

@@ -114,15 +114,16 @@ class AirflowOptions:
     imports lazily). A module that fails to import is logged and skipped."""
     rehearse: bool = False
     """Before the set-up, parse forkmem's own one-task DAG in the manager with Airflow's
-    parse-child code (a temporary file, removed at once; no user code). The modules, caches and
-    specialized bytecode that every parse child would otherwise build for itself, in pages it
-    shares with the manager, are then built once and shared. Skipped, with a warning, on an
+    parse-child code (a temporary file, removed at once; none of your DAG files). The modules,
+    caches and specialized bytecode that every parse child would otherwise build for itself, in
+    pages it shares with the manager, are then built once and shared. Skipped, with a warning, on an
     Airflow whose parse path it does not know."""
     fork_server: bool = False
-    """Fork parse children from a quiet copy of the manager made right after the set-up (Linux),
+    """Fork parse children from a quiet copy of the manager (Linux), one per parsing round,
     instead of from the manager itself. A child then no longer keeps private copies of the pages
-    the busy manager writes while the child runs. The children are still the manager's own
-    (it becomes a child subreaper). If the copy cannot be made or dies, Airflow forks as usual."""
+    the busy manager writes while the child runs. The children are still the manager's own (it
+    is a child subreaper while it asks for one). If the copy cannot be made or stops answering,
+    Airflow forks as usual."""
 
     def __post_init__(self) -> None:
         for name in _BOOL_FIELDS:
@@ -320,6 +321,7 @@ class _Session:
         self.server: AirflowForkServer | None = None
         self.rehearsal_seconds: float | None = None
         self.server_wanted = False
+        self.forking_pid = 0
 
     # -- parent: set-up before the loop ------------------------------------------------------
 
@@ -395,15 +397,13 @@ class _Session:
             }
         )
 
-    def routing(
-        self, path: str | None, running: Sequence[int]
-    ) -> contextlib.AbstractContextManager[None]:
+    def routing(self, path: str | None) -> contextlib.AbstractContextManager[None]:
         """Fork the parse child started inside this block on the fork server, if wanted."""
         if self.server is None and self.server_wanted:
             self._start_server()
         if self.server is None:
             return contextlib.nullcontext()
-        return self.server.routing(path, running)
+        return self.server.routing(path)
 
     def _start_measuring(self) -> None:
         from forkmem.hooks import at_fork
@@ -413,7 +413,11 @@ class _Session:
         # does not fit a full pipe drops it rather than hang at exit.
         os.set_blocking(self.read_fd, False)
         os.set_blocking(self.write_fd, False)
-        self.hook = at_fork(after_in_child=self._after_in_child, name="forkmem.airflow.measure")
+        self.hook = at_fork(
+            before=self._before_fork,
+            after_in_child=self._after_in_child,
+            name="forkmem.airflow.measure",
+        )
 
     def _log_setup(self, airflow: tuple[int, int, int], seconds: float) -> None:
         opts = self.options
@@ -451,9 +455,14 @@ class _Session:
 
     # -- child: measure at exit --------------------------------------------------------------
 
+    def _before_fork(self) -> None:
+        self.forking_pid = os.getpid()
+
     def _after_in_child(self) -> None:
-        if os.getppid() != self.manager_pid:
-            return  # not a direct child of the manager (DAG code forking, for one)
+        # Who forked, not getppid(): an orphan can be handed to the manager (a subreaper
+        # during fork-server requests) before its fork hooks run.
+        if self.forking_pid != self.manager_pid:
+            return  # not forked by the manager (DAG code forking, for one)
         self._arm_exit()
 
     def _arm_exit(self) -> None:
@@ -694,9 +703,8 @@ def _build_manager_class(version: tuple[int, int, int]) -> type[Any]:
                     self.forkmem.close()
 
         def _create_process(self, dag_file: Any) -> Any:
-            running = [getattr(p, "pid", -1) for p in getattr(self, "_processors", {}).values()]
             path = getattr(dag_file, "absolute_path", None)
-            with self.forkmem.routing(None if path is None else os.fspath(path), running):
+            with self.forkmem.routing(None if path is None else os.fspath(path)):
                 return super()._create_process(dag_file)
 
         def _collect_results(self, *args: Any, **kwargs: Any) -> Any:
