@@ -242,6 +242,47 @@ def test_fork_server_names_only_module_level_targets() -> None:
     assert _target_name(None) is None
 
 
+def test_fork_server_reads_the_child_sockets_from_the_forking_frame() -> None:
+    import socket
+
+    from forkmem.integrations._airflow_fork_server import AirflowForkServer
+
+    server = AirflowForkServer(freeze=False, warmup=False, immortalize=False, arm_child=None)
+
+    def start(target: Any, use_exec: bool = False) -> Any:
+        # The local names WatchedSubprocess.start() has at its os.fork().
+        child_stdout, read_stdout = socket.socketpair()
+        child_stderr, read_stderr = socket.socketpair()
+        child_requests, read_requests = socket.socketpair()
+        child_logs, read_logs = socket.socketpair()
+        new_process_group = True
+        everything = (child_stdout, read_stdout, child_stderr, read_stderr, child_requests)
+        everything += (read_requests, child_logs, read_logs)
+        try:
+            found = server._request(sys._getframe(), "/dags/a.py")
+            wanted = [s.fileno() for s in (child_requests, child_stdout, child_stderr, child_logs)]
+            return found, wanted, new_process_group
+        finally:
+            for sock in everything:
+                sock.close()
+
+    server._start_code = start.__code__
+    found, wanted, _ = start(_module_level_target)
+    assert found == (
+        wanted,
+        {
+            "target": f"{__name__}:_module_level_target",
+            "path": "/dags/a.py",
+            "new_process_group": True,
+        },
+    )
+    # Anything the server could not reproduce is forked by Airflow itself.
+    assert start(lambda: None)[0] is None
+    assert start(_module_level_target, use_exec=True)[0] is None
+    server._start_code = None  # a frame of any other function
+    assert start(_module_level_target)[0] is None
+
+
 @pytest.mark.skipif(HAVE_AIRFLOW, reason="the fallback without Airflow")
 def test_fork_server_without_airflow_leaves_forking_to_airflow(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
