@@ -337,6 +337,18 @@ def test_compile_workers_that_cannot_start_are_failures(
     assert all("cannot start a compile worker" in f.error for f in result.failed)
 
 
+def test_a_compile_worker_that_hangs_is_stopped(pkg: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from forkmem import _pycompile
+
+    # A real worker, with a bound no interpreter start-up can meet: it is killed, not awaited.
+    monkeypatch.setattr(_pycompile, "_WORKER_TIMEOUT", 0.001)
+    result = compile_bytecode([pkg], workers=2)
+    assert result.written == ()
+    assert len(result.failed) == 3
+    assert all("took longer than" in f.error for f in result.failed)
+    assert counts(check_bytecode(paths=[pkg])) == {"missing": 3}
+
+
 def test_compile_bytecode_at_report_optimization(pkg: Path) -> None:
     report = check_bytecode(paths=[pkg], optimization=2)
     result = compile_bytecode(report)

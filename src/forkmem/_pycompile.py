@@ -81,6 +81,11 @@ def _compile_one(job: list[Any]) -> list[Any]:
     return [src, cfile, None, False]
 
 
+# Bounds a wedged worker (a source on a hung network file system, say); compiling a whole
+# site-packages takes seconds.
+_WORKER_TIMEOUT = 600.0
+
+
 def _run_worker(chunk: list[list[Any]]) -> list[list[Any]]:
     import json
     import subprocess
@@ -93,9 +98,12 @@ def _run_worker(chunk: list[list[Any]]) -> list[list[Any]]:
             capture_output=True,
             text=True,
             check=False,
+            timeout=_WORKER_TIMEOUT,
         )
     except OSError as exc:  # sys.executable missing or empty (an embedding application)
         error = f"cannot start a compile worker: {exc}"
+    except subprocess.TimeoutExpired:  # run() has killed it; its files count as failed
+        error = f"the compile worker took longer than {_WORKER_TIMEOUT:.0f} s"
     else:
         if proc.returncode == 0:
             result: list[list[Any]] = json.loads(proc.stdout)
