@@ -7,11 +7,14 @@ something writes to it: the collector's GC headers, reference counts, lazily com
 Airflow 3.3 already ends ``DagFileProcessorManager.before_run()`` with a bare ``gc.freeze()``;
 this module replaces it with a full collection and a freeze (so no garbage is frozen forever),
 or with :func:`forkmem.warmup` (``immortalize=True`` on CPython 3.12/3.13), warns once about
-missing bytecode, and logs each parse child's private memory when it exits.
+missing bytecode, and logs each parse child's private memory when it exits. On request it also
+parses a built-in DAG first (``--forkmem-rehearse``) and forks the children from a quiet copy of
+the manager (``--forkmem-fork-server``).
 
 Run it like ``airflow dag-processor``, with the same arguments::
 
     python -m forkmem.integrations.airflow dag-processor [--forkmem-warmup] [--forkmem-immortalize]
+        [--forkmem-rehearse] [--forkmem-fork-server]
 
 Supported Airflow: apache-airflow-core 3.1.7 and newer. From 3.3 forkmem hooks the documented
 ``before_run()``/``after_run()``; on 3.1.7-3.2 (which have no ``before_run``) it runs the same
@@ -748,50 +751,49 @@ def _build_parser() -> argparse.ArgumentParser:
     else:  # pragma: no cover - every supported Airflow has the command
         raise UnsupportedRuntime("this Airflow has no 'dag-processor' command")
     group = dag.add_argument_group("forkmem")
-    group.add_argument(
-        "--forkmem-warmup",
-        action="store_const",
-        const=True,
-        default=None,
-        help="forkmem.warmup() instead of collect + freeze",
+    # On/off switches: None means "not given", so FORKMEM_AIRFLOW_* still applies.
+    switches = (
+        (
+            "--forkmem-warmup",
+            "forkmem_warmup",
+            True,
+            "forkmem.warmup() instead of collect + freeze",
+        ),
+        (
+            "--forkmem-immortalize",
+            "forkmem_immortalize",
+            True,
+            "warmup(immortalize=True): parent objects immortal (CPython 3.12/3.13)",
+        ),
+        (
+            "--forkmem-no-freeze",
+            "forkmem_freeze",
+            False,
+            "leave Airflow's own gc.freeze() as it is (children are still measured)",
+        ),
+        (
+            "--forkmem-no-measure",
+            "forkmem_measure_children",
+            False,
+            "do not measure parse children",
+        ),
+        (
+            "--forkmem-rehearse",
+            "forkmem_rehearse",
+            True,
+            "parse forkmem's own one-task DAG in the manager before the set-up",
+        ),
+        (
+            "--forkmem-fork-server",
+            "forkmem_fork_server",
+            True,
+            "fork each parsing round's children from a quiet copy of the manager (Linux)",
+        ),
     )
-    group.add_argument(
-        "--forkmem-immortalize",
-        action="store_const",
-        const=True,
-        default=None,
-        help="warmup(immortalize=True): parent objects immortal (CPython 3.12/3.13)",
-    )
-    group.add_argument(
-        "--forkmem-no-freeze",
-        dest="forkmem_freeze",
-        action="store_const",
-        const=False,
-        default=None,
-        help="leave Airflow's own gc.freeze() as it is (children are still measured)",
-    )
-    group.add_argument(
-        "--forkmem-no-measure",
-        dest="forkmem_measure_children",
-        action="store_const",
-        const=False,
-        default=None,
-        help="do not measure parse children",
-    )
-    group.add_argument(
-        "--forkmem-rehearse",
-        action="store_const",
-        const=True,
-        default=None,
-        help="parse forkmem's own one-task DAG in the manager before the set-up",
-    )
-    group.add_argument(
-        "--forkmem-fork-server",
-        action="store_const",
-        const=True,
-        default=None,
-        help="fork parse children from a quiet copy of the manager made after the set-up",
-    )
+    for flag, dest, value, text in switches:
+        group.add_argument(
+            flag, dest=dest, action="store_const", const=value, default=None, help=text
+        )
     group.add_argument(
         "--forkmem-preimport",
         metavar="MODULES",
@@ -868,6 +870,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     ``python -m forkmem.integrations.airflow dag-processor [airflow dag-processor arguments]
     [--forkmem-warmup] [--forkmem-immortalize] [--forkmem-no-freeze] [--forkmem-no-measure]
+    [--forkmem-rehearse] [--forkmem-fork-server] [--forkmem-preimport MODULES]
     [--forkmem-stats-file PATH]``.
     """
     try:
