@@ -23,6 +23,7 @@ from _bytecode_trees import (
     snapshot,
     write,
 )
+from _lazy_module import lazy_module
 from forkmem.bytecode import BytecodeReport, check_bytecode, compile_bytecode
 
 pytestmark = pytest.mark.linux_only
@@ -401,23 +402,12 @@ def test_loaded_modules(pkg: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_lazily_loaded_module_is_checked_not_executed(tmp_path: Path) -> None:
     # importlib.util.LazyLoader runs a module on its first attribute access: the check must not.
-    marker = tmp_path / "executed"
-    src = write(tmp_path / "lazy_fm.py", f"open({str(marker)!r}, 'w').close()\n")
-    spec = importlib.util.spec_from_file_location("lazy_fm", src)
-    assert spec is not None
-    assert spec.loader is not None
-    spec.loader = importlib.util.LazyLoader(spec.loader)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["lazy_fm"] = module
-    try:
-        spec.loader.exec_module(module)
+    with lazy_module(tmp_path, "lazy_fm") as (module, src, marker):
         by_name = check_bytecode(modules=[module, "lazy_fm"])
         everything = check_bytecode()
         assert not marker.exists(), "the lazy module was executed"
         assert [(f.module, f.status) for f in by_name.files] == [("lazy_fm", "missing")]
         assert [f.source for f in everything.files if f.module == "lazy_fm"] == [str(src)]
-    finally:
-        sys.modules.pop("lazy_fm", None)
 
 
 def test_namespace_and_zip_modules_are_skipped(

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import sys
 from typing import TYPE_CHECKING
 
 import pytest
 
+from _lazy_module import lazy_module
 from forkmem import InvalidArgument
 from forkmem.testing import Attribution, copied_objects, page_snapshot, run_in_child
 
@@ -114,18 +114,6 @@ def test_since_must_be_a_snapshot() -> None:
 
 def test_attribution_does_not_execute_lazily_loaded_modules(tmp_path: Path) -> None:
     # importlib.util.LazyLoader runs a module on its first attribute access: the walk must not.
-    marker = tmp_path / "executed"
-    src = tmp_path / "lazy_attr_fm.py"
-    src.write_text(f"open({str(marker)!r}, 'w').close()\n")
-    spec = importlib.util.spec_from_file_location("lazy_attr_fm", src)
-    assert spec is not None
-    assert spec.loader is not None
-    spec.loader = importlib.util.LazyLoader(spec.loader)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["lazy_attr_fm"] = module
-    try:
-        spec.loader.exec_module(module)
+    with lazy_module(tmp_path, "lazy_attr_fm") as (_module, _src, marker):
         assert run_in_child(lambda: None, attribution=True).attribution is not None
         assert not marker.exists(), "the lazy module was executed in the child"
-    finally:
-        sys.modules.pop("lazy_attr_fm", None)
