@@ -34,6 +34,12 @@ MEMORY_KEYS = {
     "pss_dirty",
     "source",
     "command",
+    "ppid",
+    "cmdline",
+    "peak_rss",
+    "shared_with_parent",
+    "share_of_parent",
+    "role",
 }
 
 
@@ -53,7 +59,7 @@ def test_table_for_this_process(capsys: pytest.CaptureFixture[str]) -> None:
 def test_json_is_stable_and_matches_the_api(capsys: pytest.CaptureFixture[str]) -> None:
     data = _json(capsys)
     assert isinstance(data, dict)
-    assert set(data) == {"root", "tree", "fast", "processes", "totals", "skipped", "denied"}
+    assert set(data) == {"time", "root", "tree", "fast", "processes", "totals", "skipped", "denied"}
     (proc,) = data["processes"]
     assert set(proc) == MEMORY_KEYS
     assert proc["pid"] == data["root"] == os.getpid()
