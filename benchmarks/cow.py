@@ -89,7 +89,7 @@ def _rss_anon() -> int:
 
 
 def _private_dirty() -> int:
-    from forkmem.memory import memory
+    from forkmem.usage import memory
 
     value = memory().private_dirty
     if value is None:

@@ -94,7 +94,7 @@ def _rss() -> int:
 
 
 def _pss() -> int:
-    from forkmem.memory import memory
+    from forkmem.usage import memory
 
     pss = memory().pss
     return -1 if pss is None else pss

@@ -149,7 +149,7 @@ def test_real_process_exit_codes(tree: Path) -> None:
 
 
 def test_default_paths_are_site_packages(capsys: pytest.CaptureFixture[str]) -> None:
-    from forkmem.cli._bytecode import site_dirs
+    from forkmem.bytecode import site_dirs
 
     dirs = site_dirs()
     assert dirs

@@ -16,7 +16,7 @@ import pytest
 
 from _forking import run_forked
 from forkmem import ForkmemError, InvalidArgument
-from forkmem.integrations._fork_server import ForkServer, ForkServerError
+from forkmem._fork_server import ForkServer, ForkServerError
 
 pytestmark = pytest.mark.linux_only
 

@@ -199,7 +199,7 @@ def test_bad_arguments() -> None:
 
 
 def test_frozen_with_warmup_calls_forkmem_warmup() -> None:
-    pytest.importorskip("forkmem.warmup")
+    pytest.importorskip("forkmem.warm")
     with forkmem.frozen(warmup=True, unfreeze=True) as report:
         assert report.warmup is not None
         assert report.collected is None

@@ -9,8 +9,8 @@ import time
 
 import pytest
 
+from forkmem._sampler import PeakMemory, PeakSlot, Sampler, log_peak
 from forkmem.errors import InvalidArgument
-from forkmem.integrations._sampler import PeakMemory, PeakSlot, Sampler, log_peak
 
 pytestmark = pytest.mark.linux_only
 

@@ -13,7 +13,7 @@ import time
 import pytest
 
 from forkmem import ChildCrashed, ChildTimeout, InvalidArgument
-from forkmem.memory import MemoryUsage
+from forkmem._common import MemoryUsage
 from forkmem.testing import ChildResult, run_in_child
 
 pytestmark = pytest.mark.linux_only

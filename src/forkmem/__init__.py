@@ -44,9 +44,9 @@ from forkmem.hooks import (
     hook_errors,
     run_fork_hooks,
 )
-from forkmem.memory import MemoryUsage, RssBreakdown, memory, rss_breakdown
 from forkmem.tree import CowReport, TreeUsage, cow_report, memory_tree
-from forkmem.warmup import WarmupReport, warmup
+from forkmem.usage import MemoryUsage, RssBreakdown, memory, rss_breakdown
+from forkmem.warm import WarmupReport, warmup
 
 __all__ = [
     "__version__",

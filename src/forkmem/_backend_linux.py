@@ -15,9 +15,9 @@ import errno
 import os
 from typing import NoReturn
 
+from forkmem._common import MemoryUsage, RssBreakdown
 from forkmem._proc import parse_smaps, parse_smaps_rollup, parse_stat_state, parse_status
 from forkmem.errors import AccessDenied, NoSuchProcess
-from forkmem.memory import MemoryUsage, RssBreakdown
 
 __all__ = ["memory", "memory_from_smaps", "memory_many", "rss_breakdown"]
 

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, TypeVar
 
+from forkmem._common import MemoryUsage, RssBreakdown
 from forkmem.errors import AccessDenied, NoSuchProcess, UnsupportedPlatform
-from forkmem.memory import MemoryUsage, RssBreakdown
 
 if TYPE_CHECKING:
     from collections.abc import Callable

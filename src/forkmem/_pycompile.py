@@ -11,9 +11,7 @@ import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-# The result types are public, so they live in forkmem.bytecode, which imports this module
-# on the first compile only.
-from forkmem.bytecode import CompileFailure, CompileResult
+from forkmem._bytecode_types import CompileFailure, CompileResult
 
 if TYPE_CHECKING:
     from collections.abc import Sequence

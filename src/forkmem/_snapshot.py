@@ -11,9 +11,10 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from forkmem import _ptable
+from forkmem._common import MemoryUsage, check_pid
 from forkmem.errors import AccessDenied, NoSuchProcess
-from forkmem.memory import MemoryUsage, _backend, _check_pid
 from forkmem.tree import cow_report
+from forkmem.usage import memory_many, rss_breakdown
 
 if TYPE_CHECKING:
     import re
@@ -96,7 +97,7 @@ def _name(pid: int) -> str:
 
 def _peak(pid: int) -> int | None:
     try:
-        return _backend().rss_breakdown(pid).peak_rss  # type: ignore[no-any-return]
+        return rss_breakdown(pid).peak_rss
     except (NoSuchProcess, AccessDenied):
         return None
 
@@ -126,7 +127,7 @@ def sample_processes(
         lines[pid] = line
     skipped = denied = 0
     usages: dict[int, MemoryUsage] = {}
-    for result in _backend().memory_many(wanted):
+    for result in memory_many(wanted):
         if isinstance(result, MemoryUsage):
             usages[result.pid] = result
         elif root is not None and result.pid == root:
@@ -169,8 +170,8 @@ def sample_tree(
     The root itself raises :class:`~forkmem.NoSuchProcess` / :class:`~forkmem.AccessDenied`
     like :func:`forkmem.memory` (a missing root even when ``match`` would leave it out).
     """
-    root = _check_pid(pid)
-    _backend().rss_breakdown(root)  # cheap: a missing root is the caller's error
+    root = check_pid(pid)
+    rss_breakdown(root)  # cheap: a missing root is the caller's error
     parents = _ptable.parent_map()
     pids = [root, *(_ptable.descendants(root, parents) if tree else ())]
     return sample_processes(pids, root=root, parents=parents, match=match)

@@ -112,8 +112,7 @@ def diagnose(*, paths: Sequence[str] | None = None) -> Diagnosis:
 
 
 def _bytecode(paths: Iterable[str] | None) -> Finding:
-    from forkmem.bytecode import check_bytecode
-    from forkmem.cli._bytecode import site_dirs
+    from forkmem.bytecode import check_bytecode, site_dirs
 
     roots = list(paths) if paths is not None else site_dirs()
     if not roots:

@@ -48,7 +48,7 @@ def _needs_note() -> bool:
     return os.getpid() != _pid
 
 
-def _note_fork(*, via_hook: bool) -> None:
+def note_fork(*, via_hook: bool) -> None:
     """Record that this process is a fresh fork (once per process; later calls do nothing)."""
     global _pid, _parent_pid, _depth, _via_hook, _forked_at
     pid = os.getpid()
@@ -71,7 +71,7 @@ def fork_info() -> ForkInfo:
     if _needs_note():
         # Forked in C without Python's at-fork hooks (or before they could run): the state we
         # inherited still names the parent.
-        _note_fork(via_hook=False)
+        note_fork(via_hook=False)
     return ForkInfo(
         pid=_pid,
         forked=_depth > 0,

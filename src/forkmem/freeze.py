@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
     from types import TracebackType
 
-    from forkmem.warmup import WarmupReport
+    from forkmem.warm import WarmupReport
 
 __all__ = ["FreezeAroundFork", "FreezeReport", "freeze_around_fork", "frozen", "gc_paused"]
 
@@ -198,7 +198,7 @@ class frozen:
 
 def _run_warmup(immortalize: bool) -> WarmupReport:
     # Imported here: warmup's heap walk is only loaded when someone asks for it.
-    from forkmem.warmup import warmup
+    from forkmem.warm import warmup
 
     return warmup(immortalize=immortalize)
 

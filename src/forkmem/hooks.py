@@ -277,7 +277,7 @@ def _reset_in_child(*, via_hook: bool) -> None:
     # thread does not exist here, so the copy would stay locked forever.
     _lock = threading.Lock()
     _lock_pid = os.getpid()
-    forkinfo._note_fork(via_hook=via_hook)
+    forkinfo.note_fork(via_hook=via_hook)
 
 
 def run_fork_hooks(phase: Phase) -> tuple[HookError, ...]:

@@ -183,7 +183,7 @@ def _init_worker(
     if sample_memory:
         from multiprocessing import util
 
-        from forkmem.integrations._sampler import Sampler
+        from forkmem._sampler import Sampler
 
         sampler = Sampler().start()
         # Pool workers leave through os._exit: atexit never runs, multiprocessing's

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from forkmem._common import MemoryUsage, check_pid
 from forkmem.errors import AccessDenied, NoSuchProcess, UnsupportedPlatform
-from forkmem.memory import MemoryUsage, _backend, _check_pid, memory
+from forkmem.usage import memory, memory_many
 
 __all__ = ["CowReport", "TreeUsage", "cow_report", "memory_tree"]
 
@@ -80,7 +81,7 @@ def _sum(values: list[int | None]) -> int | None:
     return total
 
 
-def _descendant_pids(pid: int) -> list[int]:
+def descendant_pids(pid: int) -> list[int]:
     """Pids of every descendant of ``pid`` (found with psutil), psutil errors mapped."""
     import psutil
 
@@ -99,11 +100,11 @@ def memory_tree(pid: int | None = None) -> TreeUsage:
     read in ``denied``; neither is an error. The root itself raises
     :class:`~forkmem.NoSuchProcess` or :class:`~forkmem.AccessDenied` like :func:`forkmem.memory`.
     """
-    root_pid = _check_pid(pid)
+    root_pid = check_pid(pid)
     root = memory(root_pid)
     processes = [root]
     skipped = denied = 0
-    for result in _backend().memory_many(_descendant_pids(root_pid)):
+    for result in memory_many(descendant_pids(root_pid)):
         if isinstance(result, MemoryUsage):
             processes.append(result)
         elif isinstance(result, NoSuchProcess):

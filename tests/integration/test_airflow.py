@@ -24,6 +24,8 @@ import pytest
 
 from forkmem import InvalidArgument, UnsupportedRuntime
 from forkmem.integrations import airflow as fa
+from forkmem.integrations.airflow import cli as fa_cli
+from forkmem.integrations.airflow import session as fa_session
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
@@ -100,10 +102,10 @@ def test_immortalize_refused_before_airflow_starts_where_unsupported() -> None:
 
     opts = fa.AirflowOptions(warmup=True, immortalize=True)
     if unsupported_reason() is None:  # CPython 3.12/3.13
-        fa._check_immortalize(opts)
+        fa_cli.check_immortalize(opts)
     else:
         with pytest.raises(UnsupportedRuntime, match="--forkmem-immortalize"):
-            fa._check_immortalize(opts)
+            fa_cli.check_immortalize(opts)
 
 
 def test_preimport_imports_before_the_freeze(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -114,7 +116,7 @@ def test_preimport_imports_before_the_freeze(monkeypatch: pytest.MonkeyPatch) ->
         measure_children=False,
         preimport=("colorsys", "forkmem_no_such_module"),
     )
-    sess = fa._Session(opts)
+    sess = fa_session.Session(opts)
     sess.apply((3, 3, 2))  # the missing module is logged, not raised
     sess.close()
     assert "colorsys" in sys.modules
@@ -143,9 +145,11 @@ def _fork_child(body: Any) -> int:
 
 
 @pytest.fixture
-def session(tmp_path: Path) -> Iterator[fa._Session]:
+def session(tmp_path: Path) -> Iterator[fa_session.Session]:
     stats = tmp_path / "stats.jsonl"
-    sess = fa._Session(fa.AirflowOptions(freeze=False, check_bytecode=False, stats_file=str(stats)))
+    sess = fa_session.Session(
+        fa.AirflowOptions(freeze=False, check_bytecode=False, stats_file=str(stats))
+    )
     sess.apply((3, 3, 2))
     try:
         yield sess
@@ -154,7 +158,7 @@ def session(tmp_path: Path) -> Iterator[fa._Session]:
 
 
 @pytest.mark.linux_only
-def test_children_measure_themselves_at_exit(session: fa._Session) -> None:
+def test_children_measure_themselves_at_exit(session: fa_session.Session) -> None:
     def allocate_and_exit() -> None:
         block = bytearray(24 * MiB)  # written: 24 MiB private in the child
         del block
@@ -180,7 +184,7 @@ def test_children_measure_themselves_at_exit(session: fa._Session) -> None:
 
 
 @pytest.mark.linux_only
-def test_grandchildren_and_unknown_children(session: fa._Session) -> None:
+def test_grandchildren_and_unknown_children(session: fa_session.Session) -> None:
     def fork_grandchild() -> None:
         grandchild = os.fork()
         if grandchild == 0:
@@ -196,7 +200,7 @@ def test_grandchildren_and_unknown_children(session: fa._Session) -> None:
 
 
 @pytest.mark.linux_only
-def test_stats_file_and_summary(session: fa._Session, tmp_path: Path) -> None:
+def test_stats_file_and_summary(session: fa_session.Session, tmp_path: Path) -> None:
     pids = [_fork_child(lambda: os._exit(0)) for _ in range(3)]
     for pid in pids:
         os.waitpid(pid, 0)
@@ -215,7 +219,7 @@ def test_stats_file_and_summary(session: fa._Session, tmp_path: Path) -> None:
 
 def test_no_stats_file_unless_asked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
-    sess = fa._Session(fa.AirflowOptions(freeze=False, check_bytecode=False))
+    sess = fa_session.Session(fa.AirflowOptions(freeze=False, check_bytecode=False))
     sess.apply((3, 3, 2))
     sess.close()
     assert list(tmp_path.iterdir()) == []
@@ -231,7 +235,7 @@ def _module_level_target() -> None:
 
 
 def test_fork_server_names_only_module_level_targets() -> None:
-    from forkmem.integrations._airflow_fork_server import _target_name
+    from forkmem.integrations.airflow.fork_server import _target_name
 
     def nested() -> None:
         pass
@@ -245,7 +249,7 @@ def test_fork_server_names_only_module_level_targets() -> None:
 def test_fork_server_reads_the_child_sockets_from_the_forking_frame() -> None:
     import socket
 
-    from forkmem.integrations._airflow_fork_server import AirflowForkServer
+    from forkmem.integrations.airflow.fork_server import AirflowForkServer
 
     server = AirflowForkServer(freeze=False, warmup=False, immortalize=False, arm_child=None)
 
@@ -287,7 +291,7 @@ def test_fork_server_reads_the_child_sockets_from_the_forking_frame() -> None:
 def test_fork_server_without_airflow_leaves_forking_to_airflow(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    sess = fa._Session(
+    sess = fa_session.Session(
         fa.AirflowOptions(
             freeze=False, check_bytecode=False, measure_children=False, fork_server=True
         )

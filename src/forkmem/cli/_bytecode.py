@@ -7,7 +7,6 @@ check or a CI step.
 
 from __future__ import annotations
 
-import os
 import sys
 from typing import TYPE_CHECKING, Any
 
@@ -68,22 +67,8 @@ def register(sub: Any) -> None:
     parser.set_defaults(func=run)
 
 
-def site_dirs() -> list[str]:
-    """This interpreter's existing site-packages directories (user site included)."""
-    import site
-
-    dirs: list[str] = []
-    candidates = list(site.getsitepackages()) if hasattr(site, "getsitepackages") else []
-    if site.ENABLE_USER_SITE:
-        candidates.append(site.getusersitepackages())
-    for d in candidates:
-        if os.path.isdir(d) and os.path.realpath(d) not in {os.path.realpath(x) for x in dirs}:
-            dirs.append(d)
-    return dirs
-
-
 def run(args: argparse.Namespace) -> int:
-    from forkmem.bytecode import check_bytecode, compile_bytecode
+    from forkmem.bytecode import check_bytecode, compile_bytecode, site_dirs
 
     if args.workers < 0:
         raise InvalidArgument("--workers must be >= 0")

@@ -49,7 +49,7 @@ def register(sub: Any) -> None:
 
 def _build_heap(target_bytes: int) -> list[list[int]]:
     """Small GC-tracked lists, the shape of a loaded application's heap."""
-    from forkmem.memory import rss_breakdown
+    from forkmem.usage import rss_breakdown
 
     start = rss_breakdown().rss
     heap: list[list[int]] = []
@@ -87,8 +87,8 @@ def _fork_children(count: int) -> list[tuple[int, int, int]]:
 
 
 def _measure(count: int) -> _Scenario:
-    from forkmem.memory import memory
     from forkmem.tree import memory_tree
+    from forkmem.usage import memory
 
     children = _fork_children(count)
     try:

@@ -34,10 +34,10 @@ def register(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from forkmem.bytecode import _normalize_paths
+    from forkmem.bytecode import normalize_paths
     from forkmem.doctor import diagnose
 
-    paths = _normalize_paths(args.path) if args.path else None
+    paths = normalize_paths(args.path) if args.path else None
     result = diagnose(paths=paths)
     if args.json:
         sys.stdout.write(result.to_json() + "\n")

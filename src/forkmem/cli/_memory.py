@@ -190,9 +190,10 @@ def _sample_dict(sample: Any, *, tree: bool) -> dict[str, Any]:
 
 def _fast_sample(pid: int | None, *, tree: bool, match: re.Pattern[str] | None) -> dict[str, Any]:
     from forkmem import _ptable
-    from forkmem.memory import _check_pid, rss_breakdown
+    from forkmem._common import check_pid
+    from forkmem.usage import rss_breakdown
 
-    root = None if pid is None else _check_pid(pid)
+    root = None if pid is None else check_pid(pid)
     parents = _ptable.parent_map()
     if root is None:
         pids = sorted(set(parents) - {os.getpid()})  # our own command line holds the regex

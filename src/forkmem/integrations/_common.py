@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import logging
 
+from forkmem.forkinfo import fork_info
+from forkmem.hooks import run_fork_hooks
+
 __all__ = ["ensure_child_hooks", "route_logs", "warn_missing_bytecode"]
 
 _logger = logging.getLogger("forkmem")
@@ -15,11 +18,9 @@ def ensure_child_hooks() -> None:
     ``os.fork`` (gunicorn, billiard, multiprocessing) runs them through ``os.register_at_fork``;
     a server that forks in C does not, so its post-fork hook calls this. Never both.
     """
-    import forkmem
-
-    if forkmem.fork_info().via_hook:  # only ever True in a forked process
+    if fork_info().via_hook:  # only ever True in a forked process
         return
-    forkmem.run_fork_hooks("after_in_child")
+    run_fork_hooks("after_in_child")
 
 
 def route_logs(source: logging.Logger) -> None:
@@ -38,13 +39,10 @@ def route_logs(source: logging.Logger) -> None:
 
 
 def warn_missing_bytecode() -> None:
-    """One log warning when the loaded modules lack bytecode caches (if forkmem offers it)."""
-    import forkmem
+    """One log warning when the loaded modules lack bytecode caches."""
+    from forkmem.bytecode import warn_if_missing_bytecode  # the check's code loads on first use
 
-    check = getattr(forkmem, "warn_if_missing_bytecode", None)
-    if check is None:
-        return
     try:
-        check()
+        warn_if_missing_bytecode()
     except Exception:  # a diagnostic must never stop a server from starting
         _logger.debug("forkmem: bytecode check failed", exc_info=True)

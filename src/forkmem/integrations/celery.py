@@ -25,9 +25,9 @@ import weakref
 from dataclasses import dataclass
 from typing import Any
 
+from forkmem._sampler import Sampler
 from forkmem.errors import InvalidArgument
 from forkmem.integrations._common import ensure_child_hooks, warn_missing_bytecode
-from forkmem.integrations._sampler import Sampler
 
 __all__ = ["install"]
 

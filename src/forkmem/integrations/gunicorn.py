@@ -22,9 +22,9 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from forkmem._sampler import PeakSlot, Sampler, log_peak
 from forkmem.errors import InvalidArgument
 from forkmem.integrations._common import ensure_child_hooks, route_logs, warn_missing_bytecode
-from forkmem.integrations._sampler import PeakSlot, Sampler, log_peak
 
 __all__ = ["child_exit", "post_fork", "pre_fork", "when_ready", "worker_exit"]
 

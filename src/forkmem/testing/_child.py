@@ -14,7 +14,7 @@ from forkmem.errors import ChildCrashed, ChildTimeout, InvalidArgument, Unsuppor
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from forkmem.memory import MemoryUsage
+    from forkmem._common import MemoryUsage
     from forkmem.testing._attribution import Attribution
     from forkmem.testing._pagemap import PageSnapshot
 
@@ -70,7 +70,7 @@ def _check_supported() -> None:
         raise UnsupportedPlatform(f"run_in_child measures the child with {_ROLLUP}; it is missing")
 
 
-def _check_timeout(timeout: object) -> float:
+def check_timeout(timeout: object) -> float:
     if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
         raise InvalidArgument(f"timeout must be a number of seconds, not {timeout!r}")
     if not 0 < timeout < float("inf"):
@@ -98,10 +98,10 @@ def run_in_child(
     (a signal, ``os._exit``), :class:`~forkmem.UnsupportedPlatform` without ``os.fork`` or
     ``/proc``, :class:`~forkmem.InvalidArgument` for a bad ``fn`` or ``timeout``.
     """
-    return _run(fn, args, kwargs, timeout=timeout, attribute=bool(attribution))
+    return run_forked(fn, args, kwargs, timeout=timeout, attribute=bool(attribution))
 
 
-def _run(
+def run_forked(
     fn: Callable[..., Any],
     args: tuple[Any, ...],
     kwargs: dict[str, Any],
@@ -113,12 +113,12 @@ def _run(
     __tracebackhide__ = True  # pytest: the interesting frames are the child's, in the note
     if not callable(fn):
         raise InvalidArgument(f"run_in_child needs a callable, not {type(fn).__name__}")
-    seconds = _check_timeout(timeout)
+    seconds = check_timeout(timeout)
     _check_supported()
     import pickle
     import warnings
 
-    parent_heap = _parent_heap()
+    parent_heap = parent_heap_size()
     for stream in (sys.stdout, sys.stderr):
         # Unflushed output would otherwise be written twice: once by each process.
         try:
@@ -174,8 +174,8 @@ def _run(
     )
 
 
-def _parent_heap() -> int | None:
-    from forkmem.memory import rss_breakdown
+def parent_heap_size() -> int | None:
+    from forkmem.usage import rss_breakdown
 
     try:
         return rss_breakdown().rss_anon
@@ -333,7 +333,7 @@ def _child_report(
 ) -> bytes:
     import pickle
 
-    from forkmem.memory import memory
+    from forkmem.usage import memory
 
     snapshot: PageSnapshot | None = None
     if attribute is not False:

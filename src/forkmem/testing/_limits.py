@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 from forkmem._units import format_bytes, parse_size
 from forkmem.errors import CopyLimitExceeded, InvalidArgument
-from forkmem.testing._child import ChildResult, _parent_heap, _run
+from forkmem.testing._child import ChildResult, parent_heap_size, run_forked
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -102,8 +102,8 @@ def run_limited(
 ) -> tuple[ChildResult, int]:
     """Run ``fn`` in a child, attributing copies when it goes over; returns (result, limit)."""
     __tracebackhide__ = True
-    limit = how.bytes_for(_parent_heap())
-    return _run(fn, (), {}, timeout=timeout, attribute=limit), limit
+    limit = how.bytes_for(parent_heap_size())
+    return run_forked(fn, (), {}, timeout=timeout, attribute=limit), limit
 
 
 def assert_shared(

@@ -9,8 +9,9 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from forkmem.errors import ChildCrashed, ChildTimeout, CopyLimitExceeded, InvalidArgument
-from forkmem.testing._child import ChildResult, _check_timeout, _run
+from forkmem.testing._child import ChildResult, check_timeout, run_forked
 from forkmem.testing._limits import CopyLimit, assert_shared, check, run_limited
+from forkmem.testing._traceback import hide_frame
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -44,12 +45,12 @@ class CowFixture:
     ) -> ChildResult:
         """:func:`~forkmem.testing.run_in_child` for this test."""
         __tracebackhide__ = True
-        return _run(fn, args, kwargs, timeout=timeout, attribute=bool(attribution))
+        return run_forked(fn, args, kwargs, timeout=timeout, attribute=bool(attribution))
 
     def baseline(self, *, timeout: float = _DEFAULT_TIMEOUT) -> ChildResult:
         """What a child that does nothing copies (measured once per test, then reused)."""
         if self._baseline is None:
-            self._baseline = _run(_nothing, (), {}, timeout=timeout, attribute=False)
+            self._baseline = run_forked(_nothing, (), {}, timeout=timeout, attribute=False)
         return self._baseline
 
     def assert_shared(
@@ -78,14 +79,12 @@ def _limit_of(marker: pytest.Mark) -> tuple[CopyLimit, float]:
     timeout = kwargs.pop("timeout", _DEFAULT_TIMEOUT)
     if kwargs:
         raise InvalidArgument(f"limit_cow got unknown arguments: {', '.join(sorted(kwargs))}")
-    return CopyLimit.of(limit, fraction), _check_timeout(timeout)
+    return CopyLimit.of(limit, fraction), check_timeout(timeout)
 
 
 def run_marked(item: pytest.Function, marker: pytest.Mark) -> None:
     """Run a ``limit_cow`` test's body in a forked child and check what it copied."""
-    from forkmem.testing.pytest_plugin import _hide_frame
-
-    __tracebackhide__ = _hide_frame
+    __tracebackhide__ = hide_frame
     test = item.obj
     if inspect.iscoroutinefunction(test) or inspect.isasyncgenfunction(test):
         pytest.fail("limit_cow cannot run async tests", pytrace=False)

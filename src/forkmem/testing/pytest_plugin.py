@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING
 
 import pytest
 
+from forkmem.testing._traceback import hide_frame
+
 if TYPE_CHECKING:
     from forkmem.testing._plugin import CowFixture
 
@@ -33,17 +35,11 @@ def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> bool | None:
     marker = pyfuncitem.get_closest_marker("limit_cow")
     if marker is None:
         return None
-    __tracebackhide__ = _hide_frame
+    __tracebackhide__ = hide_frame
     from forkmem.testing._plugin import run_marked
 
     run_marked(pyfuncitem, marker)
     return True
-
-
-def _hide_frame(excinfo: pytest.ExceptionInfo[BaseException]) -> bool:
-    # Hide the plugin's frames, except under pytest.fail(pytrace=False), whose message is
-    # the whole report (hiding every frame there only adds a "frames are hidden" line).
-    return not isinstance(excinfo.value, pytest.fail.Exception)
 
 
 @pytest.fixture

@@ -1,12 +1,13 @@
-"""Airflow's parse children forked from forkmem's fork server instead of the manager (private).
+"""Airflow's parse children forked from forkmem's fork server instead of the manager.
 
 Airflow forks each parse child inside ``WatchedSubprocess.start()``: it makes four socket pairs,
-calls ``os.fork()``, and in the child calls ``_fork_main(...)`` with the child's ends and a
+calls ``os.fork()``, and in the child calls its child entry point with the child's ends and a
 target function. While the manager creates a process, forkmem puts a stand-in for ``os.fork``
 in place: called from that function, it sends the child's ends of the sockets and the target's
-name to the fork server, whose worker calls the same ``_fork_main``; the stand-in returns the
+name to the fork server, whose worker calls the same entry point; the stand-in returns the
 worker's pid, so the manager goes on exactly as after its own fork. Called from anywhere else,
-or for a target it cannot name, it is the real ``os.fork``.
+or for a target it cannot name, it is the real ``os.fork``. What this reads of Airflow's
+internals is in ``_private_api``.
 
 Before each fork the server runs Airflow's own pre-import of the DAG file's Airflow modules, as
 the stock manager does in itself, and warms up what those imports added, so later children
@@ -23,19 +24,18 @@ import os
 import sys
 from typing import TYPE_CHECKING, Any
 
-from forkmem.errors import UnsupportedPlatform
-from forkmem.integrations._fork_server import ForkServer, ForkServerError
+from forkmem import _immortal
+from forkmem._fork_server import ForkServer, ForkServerError
+from forkmem.errors import UnsupportedPlatform, UnsupportedRuntime
+from forkmem.integrations.airflow import _private_api
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
-    from types import FrameType
+    from types import CodeType, FrameType
 
 __all__ = ["AirflowForkServer"]
 
 _logger = logging.getLogger("forkmem.airflow")
-
-# The locals of WatchedSubprocess.start() at its os.fork(), the same in Airflow 3.1.7-3.3.
-_CHILD_SOCKETS = ("child_requests", "child_stdout", "child_stderr", "child_logs")
 
 
 class _PreImportLog:
@@ -68,8 +68,6 @@ def _resolve(name: str) -> Any:
 
 def _warm_new_objects(immortalize: bool, hash_strings: bool) -> None:
     """Collect, then warm and freeze only what is not frozen yet (the server's new imports)."""
-    from forkmem import _immortal
-
     gc.collect()
     if immortalize:
         _immortal.immortalize(gc.get_objects(), hash_strings=hash_strings)
@@ -94,7 +92,7 @@ class AirflowForkServer:
         self._immortalize = immortalize
         self._arm_child = arm_child
         self._server = ForkServer(self._run, prepare=self._prepare, on_start=self._on_start)
-        self._start_code: Any = None
+        self._start_code: CodeType | None = None
         self.fallbacks = 0
 
     @property
@@ -110,10 +108,15 @@ class AirflowForkServer:
     def start(self) -> bool:
         """Start the server; False (logged) where it cannot run, and Airflow forks as usual."""
         try:
-            supervisor = importlib.import_module("airflow.sdk.execution_time.supervisor")
-            self._start_code = supervisor.WatchedSubprocess.start.__func__.__code__
+            self._start_code = _private_api.start_code()
             self._server.start()
-        except (AttributeError, ImportError, ForkServerError, UnsupportedPlatform) as exc:
+        except (
+            AttributeError,
+            ImportError,
+            ForkServerError,
+            UnsupportedPlatform,
+            UnsupportedRuntime,
+        ) as exc:
             _logger.warning("forkmem: no fork server, Airflow forks parse children itself: %s", exc)
             return False
         _logger.info("forkmem: fork server pid=%d forks the parse children", self._server.pid)
@@ -151,23 +154,14 @@ class AirflowForkServer:
     def _request(
         self, frame: FrameType, path: str | None
     ) -> tuple[list[int], dict[str, Any]] | None:
-        if frame.f_code is not self._start_code:
+        found = _private_api.fork_request(frame, self._start_code)
+        if found is None:
             return None
-        names = frame.f_locals
-        if names.get("use_exec"):
-            return None
-        try:
-            fds = [names[name].fileno() for name in _CHILD_SOCKETS]
-        except (KeyError, AttributeError, OSError):
-            return None
-        target = _target_name(names.get("target"))
+        fds, target_function, new_process_group = found
+        target = _target_name(target_function)
         if target is None:
             return None
-        payload = {
-            "target": target,
-            "path": path,
-            "new_process_group": bool(names.get("new_process_group", False)),
-        }
+        payload = {"target": target, "path": path, "new_process_group": new_process_group}
         return fds, payload
 
     # -- in the server ------------------------------------------------------------------------
@@ -187,23 +181,19 @@ class AirflowForkServer:
         path = request.get("path")
         if not isinstance(path, str):
             return
-        processor = importlib.import_module("airflow.dag_processing.processor")
-        pre_import = getattr(processor, "_pre_import_airflow_modules", None)
-        if pre_import is None:
-            return
         before = len(sys.modules)
-        pre_import(path, _PreImportLog())
+        if not _private_api.pre_import(path, _PreImportLog()):
+            return
         if len(sys.modules) != before and self._freeze:
             _warm_new_objects(self._immortalize, self._warmup)
 
     def _run(self, fds: list[int], request: dict[str, Any]) -> None:  # pragma: no cover
         import socket
 
-        requests, stdout, stderr, logs = (socket.socket(fileno=fd) for fd in fds)
+        sockets = [socket.socket(fileno=fd) for fd in fds]
         if request.get("new_process_group"):
             with contextlib.suppress(OSError):
                 os.setpgid(0, 0)
         if self._arm_child is not None:
             self._arm_child()
-        supervisor = importlib.import_module("airflow.sdk.execution_time.supervisor")
-        supervisor._fork_main(requests, stdout, stderr, logs.fileno(), _resolve(request["target"]))
+        _private_api.fork_main(sockets, _resolve(request["target"]))

@@ -14,14 +14,14 @@ optimisation.
 
 from __future__ import annotations
 
-import importlib
 import logging
-import os
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+from forkmem.integrations.airflow import _private_api
 
 __all__ = ["rehearse_parse"]
 
@@ -40,7 +40,7 @@ _MODULE_PREFIX = "forkmem_rehearsal"
 
 
 class _Log:
-    """The structlog-style logger ``_parse_file`` expects, routed to forkmem's logger."""
+    """The structlog-style logger Airflow's parse function expects, routed to forkmem's logger."""
 
     def _emit(self, level: int, event: str, *args: Any, **kw: Any) -> None:
         _logger.log(level, "forkmem rehearsal: " + str(event), *args)
@@ -66,37 +66,17 @@ def rehearse_parse() -> float | None:
     Returns the seconds it took, or None (logged) when this Airflow cannot be rehearsed.
     """
     started = time.perf_counter()
-    saved_env = os.environ.get("_AIRFLOW_PROCESS_CONTEXT")
+    saved_env = _private_api.process_context()
     before = set(sys.modules)
     folder = ""
     try:
-        processor = importlib.import_module("airflow.dag_processing.processor")
-        comms = importlib.import_module("airflow.sdk.execution_time.comms")
         with tempfile.TemporaryDirectory(prefix="forkmem-rehearsal-") as folder:
             path = Path(folder) / f"{_MODULE_PREFIX}.py"
             path.write_text(_DAG_SOURCE, encoding="utf-8")
-            os.environ["_AIRFLOW_PROCESS_CONTEXT"] = "client"  # what the child sets first
-            request = processor.DagFileParseRequest(
-                file=str(path),
-                bundle_path=Path(folder),
-                bundle_name="forkmem",
-                callback_requests=[],
-            )
-            result = processor._parse_file(request, _Log())
-            if result is None or not result.serialized_dags or result.import_errors:
-                _logger.warning(
-                    "forkmem: the parse rehearsal found no DAG (%s); skipped",
-                    getattr(result, "import_errors", None),
-                )
+            problem = _private_api.parse_and_encode(str(path), folder, _Log())
+            if problem is not None:
+                _logger.warning("forkmem: the parse rehearsal found %s; skipped", problem)
                 return None
-            # The child's last step: encode the result into a frame for the manager
-            # (3.3 builds it in _make_frame, 3.1.7 inline in send).
-            make_frame = getattr(comms.CommsDecoder(socket=None), "_make_frame", None)
-            if make_frame is not None:
-                frame = make_frame(result)
-            else:
-                frame = comms._RequestFrame(id=0, body=result.model_dump())
-            frame.as_bytes()
     except Exception as exc:  # an optimisation only: never stop the dag-processor for it
         _logger.warning("forkmem: parse rehearsal skipped: %s: %s", type(exc).__name__, exc)
         return None
@@ -106,10 +86,7 @@ def rehearse_parse() -> float | None:
         while folder and folder in sys.path:
             sys.path.remove(folder)
         sys.path_importer_cache.pop(folder, None)
-        if saved_env is None:
-            os.environ.pop("_AIRFLOW_PROCESS_CONTEXT", None)
-        else:
-            os.environ["_AIRFLOW_PROCESS_CONTEXT"] = saved_env
+        _private_api.restore_process_context(saved_env)
         # The DAG module itself is no use to anyone: drop it (Airflow names it after the path).
         for name in set(sys.modules) - before:
             if name.endswith(_MODULE_PREFIX):

@@ -152,7 +152,7 @@ class Sampler:
         """Take one sample now; ``False`` once the process is gone or cannot be read."""
         if self._dead:
             return False
-        from forkmem import memory
+        from forkmem.usage import memory
 
         started = time.perf_counter()
         try:

@@ -1,27 +1,17 @@
-"""Measure one process's memory the way the kernel accounts it after fork.
+"""Result types of the memory readers, shared by the front module and its backends (a leaf).
 
-:func:`memory` returns RSS, PSS, USS and the shared/private split from one read of
-``/proc/PID/smaps_rollup`` on Linux (``/proc/PID/smaps`` summed on kernels older than 4.14, psutil
-elsewhere). :func:`rss_breakdown` is the cheap tier for hot loops: ``/proc/PID/status`` only, a few
-microseconds at any heap size, but no PSS/USS.
-
-The platform-specific work lives in private backends (``_backend_linux``, ``_backend_psutil``);
-this module holds the result types and picks the backend.
+Kept apart from :mod:`forkmem.usage` so the platform backends can build them without importing
+the module that picks the backend.
 """
 
 from __future__ import annotations
 
 import os
-import sys
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from forkmem.errors import InvalidArgument
 
-if TYPE_CHECKING:
-    from types import ModuleType
-
-__all__ = ["MemoryUsage", "RssBreakdown", "memory", "rss_breakdown"]
+__all__ = ["MemoryUsage", "RssBreakdown", "check_pid"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,24 +82,8 @@ class RssBreakdown:
     source: str
 
 
-_backend_module: ModuleType | None = None
-
-
-def _backend() -> ModuleType:
-    global _backend_module
-    if _backend_module is None:
-        if sys.platform.startswith("linux") and os.path.isdir("/proc/self"):
-            from forkmem import _backend_linux
-
-            _backend_module = _backend_linux
-        else:
-            from forkmem import _backend_psutil
-
-            _backend_module = _backend_psutil
-    return _backend_module
-
-
-def _check_pid(pid: int | None) -> int:
+def check_pid(pid: int | None) -> int:
+    """``pid``, or this process's pid for ``None``; a typed error for anything else."""
     if pid is None:
         return os.getpid()
     if isinstance(pid, bool) or not isinstance(pid, int):
@@ -117,29 +91,3 @@ def _check_pid(pid: int | None) -> int:
     if pid <= 0:
         raise InvalidArgument(f"pid must be a positive int, not {pid}")
     return pid
-
-
-def memory(pid: int | None = None) -> MemoryUsage:
-    """Return the memory of process ``pid`` (default: the calling process).
-
-    On Linux this is one read of ``/proc/PID/smaps_rollup``; its cost grows with resident memory
-    (a few ms per GiB, the kernel walks the page tables). For a hot loop use
-    :func:`rss_breakdown`.
-
-    Raises :class:`~forkmem.NoSuchProcess` for a pid that does not exist, was reaped, is a zombie
-    or a kernel thread; :class:`~forkmem.AccessDenied` for another user's process;
-    :class:`~forkmem.ProcParseError` if the kernel file is garbled;
-    :class:`~forkmem.InvalidArgument` for a pid that is not a positive int.
-    """
-    result: MemoryUsage = _backend().memory(_check_pid(pid))
-    return result
-
-
-def rss_breakdown(pid: int | None = None) -> RssBreakdown:
-    """Return the cheap RSS split of process ``pid`` (default: the calling process).
-
-    Reads only ``/proc/PID/status`` on Linux: microseconds, independent of heap size, and readable
-    even for other users' processes. Errors as for :func:`memory`.
-    """
-    result: RssBreakdown = _backend().rss_breakdown(_check_pid(pid))
-    return result

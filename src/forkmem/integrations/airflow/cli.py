@@ -1,0 +1,181 @@
+"""The entrypoint: ``python -m forkmem.integrations.airflow dag-processor [args]``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import TYPE_CHECKING
+
+from forkmem.errors import ForkmemError, UnsupportedRuntime
+from forkmem.integrations.airflow import _private_api
+from forkmem.integrations.airflow.manager import manager_class
+from forkmem.integrations.airflow.options import AirflowOptions, split_modules
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+__all__ = ["check_immortalize", "main"]
+
+_airflow = _private_api.airflow
+
+# On/off switches: None means "not given", so FORKMEM_AIRFLOW_* still applies.
+_SWITCHES = (
+    (
+        "--forkmem-warmup",
+        "forkmem_warmup",
+        True,
+        "forkmem.warmup() instead of collect + freeze",
+    ),
+    (
+        "--forkmem-immortalize",
+        "forkmem_immortalize",
+        True,
+        "warmup(immortalize=True): parent objects immortal (CPython 3.12/3.13)",
+    ),
+    (
+        "--forkmem-no-freeze",
+        "forkmem_freeze",
+        False,
+        "leave Airflow's own gc.freeze() as it is (children are still measured)",
+    ),
+    (
+        "--forkmem-no-measure",
+        "forkmem_measure_children",
+        False,
+        "do not measure parse children",
+    ),
+    (
+        "--forkmem-rehearse",
+        "forkmem_rehearse",
+        True,
+        "parse forkmem's own one-task DAG in the manager before the set-up",
+    ),
+    (
+        "--forkmem-fork-server",
+        "forkmem_fork_server",
+        True,
+        "fork each parsing round's children from a quiet copy of the manager (Linux)",
+    ),
+)
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m forkmem.integrations.airflow",
+        description="Airflow components with forkmem applied.",
+    )
+    sub = parser.add_subparsers(dest="subcommand", required=True, metavar="COMMAND")
+    dag = sub.add_parser(
+        "dag-processor",
+        help="start a dag processor, as 'airflow dag-processor' does, with forkmem",
+        description="Start a dag processor as 'airflow dag-processor' does (same arguments), "
+        "with forkmem's freeze, warmup and parse-child measurement. FORKMEM_AIRFLOW_* "
+        "environment variables give the defaults of the --forkmem-* options.",
+    )
+    _private_api.add_dag_processor_arguments(dag)
+    group = dag.add_argument_group("forkmem")
+    for flag, dest, value, text in _SWITCHES:
+        group.add_argument(
+            flag, dest=dest, action="store_const", const=value, default=None, help=text
+        )
+    group.add_argument(
+        "--forkmem-preimport",
+        metavar="MODULES",
+        default=None,
+        help="comma-separated modules to import before the freeze, shared by all parse children",
+    )
+    group.add_argument(
+        "--forkmem-stats-file",
+        metavar="PATH",
+        default=None,
+        help="append JSON lines (set-up, each parse child, summary) to PATH",
+    )
+    return parser
+
+
+def _options_from_args(args: argparse.Namespace) -> AirflowOptions:
+    return AirflowOptions.from_env(
+        freeze=args.forkmem_freeze,
+        warmup=args.forkmem_warmup,
+        immortalize=args.forkmem_immortalize,
+        measure_children=args.forkmem_measure_children,
+        rehearse=args.forkmem_rehearse,
+        fork_server=args.forkmem_fork_server,
+        stats_file=args.forkmem_stats_file,
+        preimport=split_modules(args.forkmem_preimport) if args.forkmem_preimport else None,
+    )
+
+
+def _run_dag_processor(args: argparse.Namespace) -> None:
+    # The body of Airflow's own ``dag_processor`` command, with forkmem's manager.
+    daemon_utils = _airflow("airflow.cli.commands.daemon_utils")
+    cli_utils = _airflow("airflow.utils.cli")
+    # Airflow 3.2+: honour the configured multiprocessing start method, as its CLI does.
+    set_start_method = getattr(
+        _airflow("airflow.utils.process_utils"), "set_component_mp_start_method", None
+    )
+    if set_start_method is not None:
+        set_start_method("dag_processor")
+    if args.bundle_name:
+        cli_utils.validate_dag_bundle_arg(args.bundle_name)
+    manager = manager_class()(
+        max_runs=args.num_runs,
+        bundle_names_to_parse=args.bundle_name,
+        forkmem_options=args.forkmem_options,
+    )
+    run = _private_api.run_job(manager)
+    hot_reload = getattr(cli_utils, "should_enable_hot_reload", None)
+    if hot_reload is not None and hot_reload(args):
+        _airflow("airflow.cli.hot_reload").run_with_reloader(run, process_name="dag-processor")
+        return
+    daemon_utils.run_command_with_daemon_option(
+        args=args, process_name="dag-processor", callback=run, should_setup_logging=True
+    )
+
+
+def check_immortalize(options: AirflowOptions) -> None:
+    """Fail before Airflow starts, not from inside its job after the set-up."""
+    if options.immortalize:
+        from forkmem._immortal import unsupported_reason
+
+        reason = unsupported_reason()
+        if reason is not None:
+            raise UnsupportedRuntime(f"--forkmem-immortalize: {reason}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command-line entrypoint; returns the exit status.
+
+    ``python -m forkmem.integrations.airflow dag-processor [airflow dag-processor arguments]
+    [--forkmem-warmup] [--forkmem-immortalize] [--forkmem-no-freeze] [--forkmem-no-measure]
+    [--forkmem-rehearse] [--forkmem-fork-server] [--forkmem-preimport MODULES]
+    [--forkmem-stats-file PATH]``.
+    """
+    try:
+        _private_api.airflow_version()
+        AirflowOptions.from_env()  # bad variables fail before Airflow starts
+        parser = _build_parser()
+        args = parser.parse_args(argv)
+        args.forkmem_options = _options_from_args(args)
+        check_immortalize(args.forkmem_options)
+    except ForkmemError as exc:
+        print(f"forkmem: {exc}", file=sys.stderr)
+        return 2
+    configuration = _airflow("airflow.configuration")
+    cli_utils = _airflow("airflow.utils.cli")
+    loader = _airflow("airflow.utils.providers_configuration_loader")
+    write_default = getattr(configuration, "write_default_airflow_configuration_if_needed", None)
+    if write_default is not None:
+        write_default()
+
+    def dag_processor(args: argparse.Namespace) -> None:
+        _run_dag_processor(args)
+
+    # Airflow's own wrappers: CLI action logging, migration check, providers' configuration.
+    command = cli_utils.action_cli(loader.providers_configuration_loaded(dag_processor))
+    try:
+        command(args)
+    except ForkmemError as exc:
+        print(f"forkmem: {exc}", file=sys.stderr)
+        return 1
+    return 0

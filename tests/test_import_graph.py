@@ -1,0 +1,147 @@
+"""forkmem's own imports run one way: no cycle, and nothing below the CLI imports the CLI.
+
+Every module under src/forkmem is read with ``ast``, so function-level imports count too (a
+lazy import that closes a loop is still a loop); imports under ``if TYPE_CHECKING:`` do not
+run and are left out.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+import forkmem
+
+ROOT = Path(forkmem.__file__).resolve().parent
+
+
+def _modules() -> dict[str, tuple[Path, bool]]:
+    found: dict[str, tuple[Path, bool]] = {}
+    for path in sorted(ROOT.rglob("*.py")):
+        parts = list(path.relative_to(ROOT.parent).with_suffix("").parts)
+        package = parts[-1] == "__init__"
+        if package:
+            parts.pop()
+        found[".".join(parts)] = (path, package)
+    return found
+
+
+MODULES = _modules()
+
+
+def _is_type_checking(test: ast.expr) -> bool:
+    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"
+    )
+
+
+def _imports(name: str) -> dict[str, int]:
+    """The forkmem modules ``name`` imports, each with the line of its first import."""
+    path, package = MODULES[name]
+    here = name if package else name.rpartition(".")[0]
+    found: dict[str, int] = {}
+
+    def add(target: str, line: int) -> None:
+        if target.split(".")[0] == "forkmem":
+            found.setdefault(target, line)
+
+    def visit(node: ast.AST) -> None:
+        if isinstance(node, ast.If) and _is_type_checking(node.test):
+            for child in node.orelse:
+                visit(child)
+            return
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                add(alias.name, node.lineno)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = here.split(".")[: len(here.split(".")) - node.level + 1]
+                module = ".".join([*base, *([node.module] if node.module else [])])
+            else:
+                module = node.module or ""
+            for alias in node.names:
+                sub = f"{module}.{alias.name}"
+                add(sub if sub in MODULES else module, node.lineno)
+        for child in ast.iter_child_nodes(node):
+            visit(child)
+
+    visit(ast.parse(path.read_text(encoding="utf-8"), filename=str(path)))
+    return found
+
+
+GRAPH = {name: _imports(name) for name in MODULES}
+
+
+def _cycles() -> list[list[str]]:
+    """Every strongly connected group of more than one module (or a module importing itself)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    groups: list[list[str]] = []
+
+    def connect(node: str) -> None:
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        on_stack.add(node)
+        for nxt in GRAPH.get(node, {}):
+            if nxt not in MODULES:
+                continue
+            if nxt not in index:
+                connect(nxt)
+                low[node] = min(low[node], low[nxt])
+            elif nxt in on_stack:
+                low[node] = min(low[node], index[nxt])
+        if low[node] == index[node]:
+            group = []
+            while True:
+                member = stack.pop()
+                on_stack.discard(member)
+                group.append(member)
+                if member == node:
+                    break
+            if len(group) > 1 or node in GRAPH[node]:
+                groups.append(sorted(group))
+
+    for node in sorted(MODULES):
+        if node not in index:
+            connect(node)
+    return groups
+
+
+def test_the_reader_sees_the_package() -> None:
+    # Guards the test itself: a reader that found nothing would pass everything.
+    assert "forkmem.cli" in MODULES
+    assert "forkmem.integrations.airflow.session" in MODULES
+    assert "forkmem.usage" in GRAPH["forkmem.tree"]
+    # Function-level imports count (the CLI loads its command modules' work on demand).
+    assert "forkmem.bytecode" in GRAPH["forkmem.cli._bytecode"]
+
+
+def test_no_import_cycle() -> None:
+    cycles = _cycles()
+    detail = [
+        f"{m} imports {', '.join(f'{n} (line {GRAPH[m][n]})' for n in c if n in GRAPH[m])}"
+        for c in cycles
+        for m in c
+    ]
+    assert cycles == [], "import cycles in src/forkmem:\n" + "\n".join(detail)
+
+
+@pytest.mark.parametrize("name", sorted(n for n in MODULES if not n.startswith("forkmem.cli")))
+def test_nothing_below_the_cli_imports_it(name: str) -> None:
+    wrong = {m: line for m, line in GRAPH[name].items() if m.split(".")[:2] == ["forkmem", "cli"]}
+    if name == "forkmem.__main__":
+        wrong.pop("forkmem.cli", None)  # ``python -m forkmem`` is the CLI's other door
+    assert wrong == {}, f"{name} imports the CLI: {wrong}"
+
+
+def test_no_module_over_500_lines() -> None:
+    long = {
+        name: n
+        for name, (path, _) in MODULES.items()
+        if (n := len(path.read_text(encoding="utf-8").splitlines())) > 500
+    }
+    assert long == {}
