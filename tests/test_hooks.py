@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import threading
 from typing import TYPE_CHECKING, Any
 
@@ -323,3 +324,113 @@ def test_multiprocessing_fork_context_fires_the_hooks() -> None:
     assert child_calls == ["child"]
     assert exitcode == 0
     assert parent_calls == ["before", "parent"]
+
+
+@pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")
+def test_hook_errors_clear_loses_nothing_while_other_threads_fork() -> None:
+    # Regression: hook_errors(clear=True) copied then cleared, so an error recorded by a
+    # forking thread between the two steps was dropped.
+    def boom() -> None:
+        raise RuntimeError("counted")
+
+    forkmem.at_fork(before=boom, name="counted")
+    per_thread, threads_n = 30, 2
+    drained: list[forkmem.HookError] = []
+    stop = threading.Event()
+
+    def forker() -> None:
+        for _ in range(per_thread):
+            pid = os.fork()
+            if pid == 0:
+                os._exit(0)
+            os.waitpid(pid, 0)
+
+    def drainer() -> None:
+        while not stop.is_set():
+            drained.extend(forkmem.hook_errors(clear=True))
+
+    old = sys.getswitchinterval()
+    logger = logging.getLogger("forkmem.hooks")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)  # the logging call would widen the window unevenly
+    sys.setswitchinterval(1e-6)
+    try:
+        workers = [threading.Thread(target=forker) for _ in range(threads_n)]
+        drain = threading.Thread(target=drainer)
+        drain.start()
+        for t in workers:
+            t.start()
+        for t in workers:
+            t.join(CHILD_TIMEOUT)
+        stop.set()
+        drain.join(CHILD_TIMEOUT)
+    finally:
+        sys.setswitchinterval(old)
+        logger.setLevel(level)
+    drained.extend(forkmem.hook_errors(clear=True))
+    assert len(drained) == per_thread * threads_n
+
+
+def test_base_exceptions_in_before_hooks_skip_nothing_and_are_recorded() -> None:
+    # Regression: `except Exception` let SystemExit escape the trampoline, skipping the
+    # later hooks of the phase and leaving no record.
+    calls: list[str] = []
+
+    def exits() -> None:
+        raise SystemExit(3)
+
+    def closes() -> None:
+        raise GeneratorExit("gen")
+
+    forkmem.at_fork(before=lambda: calls.append("last"), name="last")
+    forkmem.at_fork(before=closes, name="closes")
+    forkmem.at_fork(before=exits, name="exits")
+    assert fork_and_report(lambda: "child ran") == "child ran"
+    assert calls == ["last"]
+    assert [(e.hook, e.error_type) for e in forkmem.hook_errors()] == [
+        ("exits", "builtins.SystemExit"),
+        ("closes", "builtins.GeneratorExit"),
+    ]
+
+
+def test_run_fork_hooks_reraises_a_base_exception_after_every_hook() -> None:
+    calls: list[str] = []
+
+    def interrupted() -> None:
+        raise KeyboardInterrupt
+
+    forkmem.at_fork(after_in_parent=interrupted, name="interrupted")
+    forkmem.at_fork(after_in_parent=lambda: calls.append("after"), name="after")
+    with pytest.raises(KeyboardInterrupt):
+        forkmem.run_fork_hooks("after_in_parent")
+    assert calls == ["after"]
+    assert [e.error_type for e in forkmem.hook_errors()] == ["builtins.KeyboardInterrupt"]
+
+
+def test_keyboard_interrupt_in_a_child_hook_is_recorded_there_and_breaks_no_fork() -> None:
+    ran: list[str] = []
+
+    def interrupted() -> None:
+        raise KeyboardInterrupt
+
+    forkmem.at_fork(after_in_child=interrupted, name="interrupted")
+    forkmem.at_fork(after_in_child=lambda: ran.append("later"), name="later")
+
+    def child() -> object:
+        return [ran, [(e.hook, e.error_type) for e in forkmem.hook_errors()]]
+
+    assert fork_and_report(child) == [["later"], [["interrupted", "builtins.KeyboardInterrupt"]]]
+    assert forkmem.hook_errors() == ()
+
+
+def test_keyboard_interrupt_in_a_before_hook_leaves_the_fork_whole(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    def interrupted() -> None:
+        raise KeyboardInterrupt
+
+    forkmem.at_fork(before=interrupted, name="interrupted")
+    with caplog.at_level(logging.ERROR, logger="forkmem"):
+        assert fork_and_report(lambda: "child ran") == "child ran"
+    assert [e.phase for e in forkmem.hook_errors()] == ["before"]
+    assert any("interrupted" in r.getMessage() for r in caplog.records)

@@ -2,9 +2,9 @@
 
 forkmem registers one trampoline with :func:`os.register_at_fork` when this module is imported.
 The trampoline runs the hooks registered with :func:`at_fork` in the stdlib's order ("before"
-hooks newest first, "after" hooks oldest first). A hook that raises is logged on the
-``"forkmem.hooks"`` logger with its name, recorded for :func:`hook_errors`, and the other hooks and
-the fork itself go on.
+hooks newest first, "after" hooks oldest first). A hook that raises (anything, BaseExceptions
+included) is logged on the ``"forkmem.hooks"`` logger with its name, recorded for
+:func:`hook_errors`, and the other hooks and the fork itself go on.
 
 Thread safety without a lock in the child: registration replaces an immutable tuple under a lock;
 the trampoline only reads the tuple (one atomic load), so it never waits on the lock. The child
@@ -13,12 +13,12 @@ also gets a fresh lock, in case another thread held it at the moment of the fork
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import logging
 import os
 import threading
 import time
-from collections import deque
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal, TypeVar, overload
 
@@ -115,7 +115,7 @@ _lock = threading.Lock()
 # The process _lock was made in: the registry's own record, not forkinfo's, because a C-forked
 # child may call fork_info() (which records the fork) before run_fork_hooks().
 _lock_pid = os.getpid()
-_errors: deque[HookError] = deque(maxlen=_MAX_ERRORS)
+_errors: collections.deque[HookError] = collections.deque(maxlen=_MAX_ERRORS)
 
 
 def _callable_name(fn: Callable[[], object]) -> str:
@@ -144,7 +144,11 @@ def at_fork(
     it, ``after_in_child`` in the new child. Like :func:`os.register_at_fork`, "before" hooks run
     newest first and "after" hooks oldest first, and they fire for ``os.fork()``, ``pty.fork()``
     and multiprocessing's "fork" start method (not for ``subprocess`` or "spawn"). A raising hook
-    is logged and recorded (see :func:`hook_errors`); the fork and the other hooks proceed.
+    is logged and recorded (see :func:`hook_errors`); the fork and the other hooks proceed. That
+    holds for ``BaseException`` too (``KeyboardInterrupt``, ``SystemExit``, ``GeneratorExit``):
+    recorded and logged at ERROR like the others, never re-raised out of ``os.fork()`` (CPython
+    drops any exception leaving a fork callback). :func:`run_fork_hooks` re-raises them once
+    every hook of the phase has run.
 
     ``name`` identifies the hook in logs and :func:`hook_errors`; it defaults to the qualified
     name of the first callable given.
@@ -226,15 +230,24 @@ def hook_errors(*, clear: bool = False) -> tuple[HookError, ...]:
     """Failures of fork hooks in this process, oldest first (the last 100 are kept).
 
     A child inherits its parent's list as it was at the fork. ``clear=True`` empties the list
-    after reading it.
+    while reading it: an error recorded meanwhile by a thread that forks is either returned by
+    this call or kept for the next one, never dropped.
     """
-    errors = tuple(_errors)
-    if clear:
-        _errors.clear()
-    return errors
+    if not clear:
+        return tuple(_errors.copy())  # one C call: a concurrent append cannot break the copy
+    # Drain one entry at a time instead of copy-then-clear: each popleft() is atomic (the GIL,
+    # or the deque's own lock on free-threaded builds), so nothing slips between a copy and a
+    # clear. No lock is taken, so none can be held across a fork or wedge a child.
+    drained: list[HookError] = []
+    pop = _errors.popleft
+    while True:
+        try:
+            drained.append(pop())
+        except IndexError:
+            return tuple(drained)
 
 
-def _message(exc: Exception) -> str:
+def _message(exc: BaseException) -> str:
     # An exception whose __str__ raises must not escape the except block below (the hooks
     # after it would be skipped).
     try:
@@ -243,17 +256,24 @@ def _message(exc: Exception) -> str:
         return f"<unprintable {type(exc).__name__}>"
 
 
-def _run(phase: str) -> tuple[HookError, ...]:
+def _run(phase: str) -> tuple[tuple[HookError, ...], BaseException | None]:
+    """Run one phase's hooks; returns the failures and the first non-Exception raised, if any.
+
+    Every hook runs whatever the ones before it raised, BaseExceptions included: a
+    KeyboardInterrupt or SystemExit from one hook must not skip the others (a skipped
+    after_in_child hook can leave a lock held or a connection shared in the child).
+    """
     hooks = _hooks  # one atomic read: no lock on the fork path
     ordered = reversed(hooks) if phase == "before" else iter(hooks)
     failures: list[HookError] = []
+    pending: BaseException | None = None
     for hook in ordered:
         fn = getattr(hook, phase)
         if fn is None:
             continue
         try:
             fn()
-        except Exception as exc:
+        except BaseException as exc:
             # A broken hook must never break the fork or starve the other hooks.
             err = HookError(
                 hook=hook.name,
@@ -265,10 +285,12 @@ def _run(phase: str) -> tuple[HookError, ...]:
             )
             _errors.append(err)
             failures.append(err)
+            if pending is None and not isinstance(exc, Exception):
+                pending = exc
             # A broken logging setup must not break the fork either.
             with contextlib.suppress(Exception):
                 _logger.exception("fork hook %r failed in phase %s", hook.name, phase)
-    return tuple(failures)
+    return tuple(failures), pending
 
 
 def _reset_in_child(*, via_hook: bool) -> None:
@@ -287,15 +309,28 @@ def run_fork_hooks(phase: Phase) -> tuple[HookError, ...]:
     without ``--py-call-osafterfork``): call ``run_fork_hooks("after_in_child")`` from the
     server's own post-fork hook. In the "after_in_child" phase it also resets the registry's lock
     and records the fork for :func:`forkmem.fork_info`, once per process.
+
+    Every hook runs even when an earlier one raises. Exceptions are recorded and logged; the
+    first ``BaseException`` that is not an ``Exception`` (``KeyboardInterrupt``,
+    ``SystemExit``, ``GeneratorExit``) is re-raised once every hook of the phase has run.
     """
     if phase not in _PHASES:
         raise InvalidArgument(f"phase must be one of {', '.join(_PHASES)}; got {phase!r}")
     if phase == "after_in_child" and _lock_pid != os.getpid():
         # via_hook says whether the os.register_at_fork callbacks fired: here they did not.
         _reset_in_child(via_hook=False)
-    return _run(phase)
+    failures, pending = _run(phase)
+    if pending is not None:
+        # Called from Python code, so the caller can receive it: after every hook has run.
+        raise pending
+    return failures
 
 
+# The trampolines never re-raise: CPython reports an exception escaping a fork callback as
+# "unraisable" and drops it, and re-delivering a KeyboardInterrupt as a simulated SIGINT would
+# be handled inside whichever fork callback runs next (asyncio's child reset, logging's lock
+# release), breaking that library's state in the child. Recording and logging it is what
+# reaches the user without harming the fork.
 def _trampoline_before() -> None:
     _run("before")
 
