@@ -295,12 +295,28 @@ def test_unprivileged_child_gets_access_denied() -> None:
     }
 
 
-@pytest.mark.parametrize("bad", [0, -1, True, "1", 1.0])
+_BAD_PIDS = [0, -1, True, "1", 1.0, 2**31, 2**64, 10**5000, -(10**5000)]
+
+
+@pytest.mark.parametrize("bad", _BAD_PIDS, ids=[f"bad{i}" for i in range(len(_BAD_PIDS))])
 def test_bad_pid_is_invalid_argument(bad: object) -> None:
-    with pytest.raises(forkmem.InvalidArgument):
-        forkmem.memory(bad)  # type: ignore[arg-type]
-    with pytest.raises(forkmem.InvalidArgument):
-        forkmem.rss_breakdown(bad)  # type: ignore[arg-type]
+    # A pid too large for pid_t used to reach f"/proc/{pid}" and raise a raw ValueError
+    # (int-to-str digit limit) or a NoSuchProcess; every entry point shares one validator.
+    calls = [
+        forkmem.memory,
+        forkmem.rss_breakdown,
+        forkmem.memory_tree,
+        lambda pid: forkmem.cow_report(pid, os.getpid()),
+        lambda pid: forkmem.cow_report(os.getpid(), pid),
+    ]
+    for call in calls:
+        with pytest.raises(forkmem.InvalidArgument, match="pid must be"):
+            call(bad)
+
+
+def test_cow_report_needs_two_pids() -> None:
+    with pytest.raises(forkmem.InvalidArgument, match="pid must be an int,"):
+        forkmem.cow_report(None, os.getpid())  # type: ignore[arg-type]
 
 
 def test_psutil_backend_errors_are_typed() -> None:

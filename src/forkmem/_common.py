@@ -82,12 +82,24 @@ class RssBreakdown:
     source: str
 
 
-def check_pid(pid: int | None) -> int:
-    """``pid``, or this process's pid for ``None``; a typed error for anything else."""
-    if pid is None:
+# pid_t is a signed 32-bit int on every platform psutil supports; anything larger is not a
+# process id, and formatting a huge int into "/proc/{pid}" would itself raise a raw ValueError.
+PID_MAX = 2**31 - 1
+
+
+def check_pid(pid: object, *, default_self: bool = True) -> int:
+    """The one pid validator of every public entry point: a positive int that fits a pid_t.
+
+    ``None`` means this process unless ``default_self`` is false; anything else that is not
+    such an int raises :class:`~forkmem.InvalidArgument`.
+    """
+    if pid is None and default_self:
         return os.getpid()
     if isinstance(pid, bool) or not isinstance(pid, int):
-        raise InvalidArgument(f"pid must be an int or None, not {type(pid).__name__}")
-    if pid <= 0:
-        raise InvalidArgument(f"pid must be a positive int, not {pid}")
+        allowed = "an int or None" if default_self else "an int"
+        raise InvalidArgument(f"pid must be {allowed}, not {type(pid).__name__}")
+    if not 0 < pid <= PID_MAX:
+        # Never str() the int itself: above 4300 digits that raises ValueError.
+        shown = str(pid) if pid.bit_length() <= 64 else f"a {pid.bit_length()}-bit int"
+        raise InvalidArgument(f"pid must be a positive int of at most {PID_MAX}, not {shown}")
     return pid

@@ -125,14 +125,19 @@ def memory_tree(pid: int | None = None) -> TreeUsage:
     )
 
 
+def _measure(pid: object) -> MemoryUsage:
+    return memory(check_pid(pid, default_self=False))
+
+
 def cow_report(parent: int | MemoryUsage, child: int | MemoryUsage) -> CowReport:
     """Compare a forked ``child`` with its ``parent`` (pids, or earlier :func:`memory` results).
 
     Passing pids measures both now. Raises :class:`~forkmem.UnsupportedPlatform` where the
-    backend has no shared/private split (psutil outside Linux).
+    backend has no shared/private split (psutil outside Linux), and
+    :class:`~forkmem.InvalidArgument` for anything that is neither a pid nor a result.
     """
-    p = parent if isinstance(parent, MemoryUsage) else memory(parent)
-    c = child if isinstance(child, MemoryUsage) else memory(child)
+    p = parent if isinstance(parent, MemoryUsage) else _measure(parent)
+    c = child if isinstance(child, MemoryUsage) else _measure(child)
     shared = c.shared
     if shared is None or c.private_dirty is None or c.pss is None or c.uss is None:
         raise UnsupportedPlatform(

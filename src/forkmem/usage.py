@@ -43,7 +43,8 @@ def memory(pid: int | None = None) -> MemoryUsage:
     Raises :class:`~forkmem.NoSuchProcess` for a pid that does not exist, was reaped, is a zombie
     or a kernel thread; :class:`~forkmem.AccessDenied` for another user's process;
     :class:`~forkmem.ProcParseError` if the kernel file is garbled;
-    :class:`~forkmem.InvalidArgument` for a pid that is not a positive int.
+    :class:`~forkmem.InvalidArgument` for a pid that is not a positive int that fits a
+    ``pid_t`` (at most ``2**31 - 1``).
     """
     result: MemoryUsage = _backend.memory(check_pid(pid))
     return result
