@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -230,3 +232,17 @@ def test_fuzz_cgroup_parsers(text: str) -> None:
         except forkmem.ProcParseError as exc:
             error = exc
         assert error is None or error.path == "/proc/self/x"
+
+
+def test_cgroup_of_another_process_matches_its_own_view() -> None:
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        mine, theirs = forkmem.cgroup_memory(), forkmem.cgroup_memory(child.pid)
+        assert (mine is None) == (theirs is None)
+        if mine is not None and theirs is not None:
+            assert (theirs.cgroup, theirs.directory) == (mine.cgroup, mine.directory)
+    finally:
+        child.kill()
+        child.wait(10)
+    with pytest.raises(forkmem.NoSuchProcess):
+        forkmem.cgroup_memory(child.pid)

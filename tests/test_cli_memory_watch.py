@@ -78,19 +78,22 @@ def test_watch_without_a_terminal_writes_json_lines(capsys: pytest.CaptureFixtur
 def test_watch_redraws_the_table_in_place_on_a_terminal() -> None:
     import pty
 
-    pid, fd = pty.fork()
-    if pid == 0:
-        os.execv(sys.executable, [*FORKMEM, "memory", "--watch", "0.05", "--count", "2"])
+    leader, follower = pty.openpty()
+    proc = subprocess.Popen(
+        [*FORKMEM, "memory", "--watch", "0.05", "--count", "2"], stdout=follower, stderr=follower
+    )
+    os.close(follower)
     out = b""
     while True:
         try:
-            chunk = os.read(fd, 65536)
-        except OSError:
+            chunk = os.read(leader, 65536)
+        except OSError:  # EIO once the child closed its end
             break
         if not chunk:
             break
         out += chunk
-    os.waitpid(pid, 0)
+    os.close(leader)
+    assert proc.wait(30) == 0
     text = out.decode()
     assert text.count("\x1b[H\x1b[2J") == 2
     assert text.count("PID  COMMAND") == 2

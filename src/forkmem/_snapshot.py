@@ -18,7 +18,7 @@ from forkmem.usage import memory_many, rss_breakdown
 
 if TYPE_CHECKING:
     import re
-    from collections.abc import Iterable
+    from collections.abc import Collection, Iterable
 
 __all__ = ["ProcessSample", "TreeSample", "sample_processes", "sample_tree"]
 
@@ -163,9 +163,14 @@ def sample_processes(
 
 
 def sample_tree(
-    pid: int | None = None, *, tree: bool = True, match: re.Pattern[str] | None = None
+    pid: int | None = None,
+    *,
+    tree: bool = True,
+    match: re.Pattern[str] | None = None,
+    skip: Collection[int] = (),
 ) -> TreeSample:
-    """Sample process ``pid`` (default: the caller) and, with ``tree``, all its descendants.
+    """Sample process ``pid`` (default: the caller) and, with ``tree``, all its descendants
+    but those in ``skip`` (a watcher leaves itself out).
 
     The root itself raises :class:`~forkmem.NoSuchProcess` / :class:`~forkmem.AccessDenied`
     like :func:`forkmem.memory` (a missing root even when ``match`` would leave it out).
@@ -173,5 +178,8 @@ def sample_tree(
     root = check_pid(pid)
     rss_breakdown(root)  # cheap: a missing root is the caller's error
     parents = _ptable.parent_map()
-    pids = [root, *(_ptable.descendants(root, parents) if tree else ())]
+    pids = [
+        root,
+        *(p for p in (_ptable.descendants(root, parents) if tree else ()) if p not in skip),
+    ]
     return sample_processes(pids, root=root, parents=parents, match=match)

@@ -14,7 +14,8 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import TYPE_CHECKING
 
-from forkmem.errors import AccessDenied, ProcParseError
+from forkmem._common import check_pid
+from forkmem.errors import AccessDenied, NoSuchProcess, ProcParseError
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -64,13 +65,20 @@ class CgroupMemory:
         return None if self.limit is None else self.limit - self.current
 
 
-def cgroup_memory() -> CgroupMemory | None:
-    """Return the memory cgroup of the calling process, or ``None`` outside one.
+def cgroup_memory(pid: int | None = None) -> CgroupMemory | None:
+    """Return the memory cgroup of process ``pid`` (default: the caller), or ``None`` outside one.
 
     ``None`` also when the cgroup filesystem is not mounted where this process can see it, or
-    on platforms without cgroups. Garbled kernel files raise :class:`~forkmem.ProcParseError`.
+    on platforms without cgroups. Garbled kernel files raise :class:`~forkmem.ProcParseError`;
+    a ``pid`` that does not exist raises :class:`~forkmem.NoSuchProcess`.
     """
-    return _cgroup_memory("/proc/self", "")
+    if pid is None:
+        return _cgroup_memory("/proc/self", "")
+    proc = f"/proc/{check_pid(pid)}"
+    result = _cgroup_memory(proc, "")
+    if result is None and not os.path.exists(proc):
+        raise NoSuchProcess(f"no process {pid}", pid=pid)
+    return result
 
 
 def _cgroup_memory(proc_self: str, fs_root: str) -> CgroupMemory | None:

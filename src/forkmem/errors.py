@@ -15,6 +15,7 @@ __all__ = [
     "ForkmemError",
     "ForkmemWarning",
     "InvalidArgument",
+    "MissingDependency",
     "NoSuchProcess",
     "ProcParseError",
     "UnsupportedPlatform",
@@ -70,6 +71,20 @@ class ProcParseError(ForkmemError, ValueError):
 
 class InvalidArgument(ForkmemError, ValueError):
     """An argument passed to forkmem has a value it cannot use."""
+
+
+class MissingDependency(ForkmemError, ImportError):
+    """A feature needs an optional library that is not installed.
+
+    ``extra`` names the forkmem extra that installs it (``pip install 'forkmem[extra]'``).
+    """
+
+    def __init__(self, feature: str, module: str, extra: str) -> None:
+        super().__init__(
+            f"{feature} needs {module}, which is not installed: pip install 'forkmem[{extra}]'",
+            name=module,
+        )
+        self.extra = extra
 
 
 class ChildCrashed(ForkmemError, ChildProcessError):

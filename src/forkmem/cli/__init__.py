@@ -25,6 +25,7 @@ __all__ = ["main"]
 _COMMANDS = (
     "forkmem.cli._demo",
     "forkmem.cli._memory",
+    "forkmem.cli._watch",
     "forkmem.cli._bytecode",
     "forkmem.cli._doctor",
 )
