@@ -30,6 +30,7 @@ from forkmem.errors import (
     ProcParseError,
     UnsupportedPlatform,
     UnsupportedRuntime,
+    WorkerLost,
 )
 from forkmem.forkinfo import ForkInfo, fork_info
 from forkmem.freeze import FreezeAroundFork, FreezeReport, freeze_around_fork, frozen, gc_paused
@@ -66,6 +67,7 @@ __all__ = [
     "ProcParseError",
     "UnsupportedPlatform",
     "UnsupportedRuntime",
+    "WorkerLost",
     # measurement
     "CgroupMemory",
     "CowReport",

@@ -20,6 +20,7 @@ __all__ = [
     "ProcParseError",
     "UnsupportedPlatform",
     "UnsupportedRuntime",
+    "WorkerLost",
 ]
 
 
@@ -96,6 +97,30 @@ class ChildCrashed(ForkmemError, ChildProcessError):
     def __init__(self, message: str, *, exitcode: int | None = None) -> None:
         super().__init__(message)
         self.exitcode = exitcode
+
+
+class WorkerLost(ChildCrashed):
+    """A pool worker died (``SIGKILL``, the OOM killer, ``os._exit``) before finishing a task.
+
+    The task that worker was running fails with this error; the pool replaces the worker and
+    keeps going. Also raised for tasks a :meth:`~multiprocessing.pool.Pool.terminate` cut short.
+    ``pid`` is the lost worker (``None`` when no worker had started the task) and ``exitcode``
+    its exit status (``-signal`` for a signal), as for :class:`ChildCrashed`.
+    """
+
+    def __init__(
+        self, message: str, *, pid: int | None = None, exitcode: int | None = None
+    ) -> None:
+        super().__init__(message, exitcode=exitcode)
+        self.pid = pid
+
+    def __reduce__(self) -> tuple[object, ...]:
+        # Keyword-only attributes survive pickling (a result sent back through a pipe).
+        return (_rebuild_worker_lost, (str(self), self.pid, self.exitcode))
+
+
+def _rebuild_worker_lost(message: str, pid: int | None, exitcode: int | None) -> WorkerLost:
+    return WorkerLost(message, pid=pid, exitcode=exitcode)
 
 
 class ChildTimeout(ForkmemError, TimeoutError):

@@ -28,6 +28,7 @@ import warnings
 from concurrent.futures import ProcessPoolExecutor
 from typing import TYPE_CHECKING, Any
 
+from forkmem._pool import SupervisedPool
 from forkmem.errors import ForkmemWarning, InvalidArgument
 from forkmem.freeze import freeze_around_fork, frozen
 
@@ -148,7 +149,7 @@ class _ForkmemForkProcess(multiprocessing.context.ForkProcess):
             handle.remove()
 
 
-class _ForkmemPool(multiprocessing.pool.Pool):
+class _ForkmemPool(SupervisedPool):
     @staticmethod
     def Process(ctx: Any, *args: Any, **kwds: Any) -> Any:
         if ctx.Process is multiprocessing.context.ForkProcess:
@@ -224,6 +225,10 @@ def fork_pool(
 ) -> multiprocessing.pool.Pool:
     """A :class:`multiprocessing.pool.Pool` whose workers start from a frozen parent heap.
 
+    Unlike the stdlib pool it survives killed workers: a worker that dies (``SIGKILL``, the OOM
+    killer) fails the task it had started with :class:`~forkmem.WorkerLost` and is replaced;
+    ``close()``/``join()``/``terminate()`` always return.
+
     Takes :class:`multiprocessing.pool.Pool`'s arguments, plus:
 
     - ``context``: a start method name (``"fork"``, ``"forkserver"``, ``"spawn"``) or a
@@ -249,7 +254,7 @@ def fork_pool(
     method = _start_method(ctx)
     if method == "spawn":
         _warn_spawn("fork_pool()")
-        return ctx.Pool(processes, init, args, maxtasksperchild)
+        return SupervisedPool(processes, init, args, maxtasksperchild, context=ctx)
     if method == "forkserver":
         _prepare_forkserver(warmup)
         return _ForkmemPool(processes, init, args, maxtasksperchild, context=ctx)
@@ -261,7 +266,7 @@ def fork_pool(
             _bulk.active = False
     _logger.debug(
         "fork_pool: %d workers started from a frozen heap (%d objects, %.3f s)",
-        len(pool._pool),  # type: ignore[attr-defined]
+        len(pool._pool),
         report.frozen_total,
         report.seconds,
     )
