@@ -26,6 +26,7 @@ _COMMANDS = (
     "forkmem.cli._demo",
     "forkmem.cli._memory",
     "forkmem.cli._watch",
+    "forkmem.cli._export",
     "forkmem.cli._bytecode",
     "forkmem.cli._doctor",
 )

@@ -1,0 +1,139 @@
+"""forkmem.metrics: the Prometheus collector, the listen address, the server, the export CLI."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+
+import pytest
+
+import forkmem
+from _memory_children import forked, sleeper, touched_map
+from forkmem.cli import main
+
+pytestmark = pytest.mark.linux_only
+prometheus_client = pytest.importorskip("prometheus_client")
+from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
+
+from forkmem import metrics  # noqa: E402
+
+MIB = 1024 * 1024
+
+
+def _scrape(text: str) -> dict[str, list[tuple[dict[str, str], float]]]:
+    out: dict[str, list[tuple[dict[str, str], float]]] = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            out.setdefault(s.name, []).append((s.labels, s.value))
+    return out
+
+
+def test_collector_reports_every_process_of_the_tree() -> None:
+    buf = touched_map(16 * MIB)
+    with forked(sleeper) as child:
+        assert child.recv() == "ready"
+        registry = prometheus_client.CollectorRegistry(auto_describe=False)
+        registry.register(metrics.TreeCollector(os.getpid()))
+        found = _scrape(prometheus_client.generate_latest(registry).decode())
+        truth = forkmem.memory(child.pid)
+    assert found["forkmem_tree_up"] == [({}, 1.0)]
+    uss = {int(labels["pid"]): (labels, v) for labels, v in found["forkmem_process_uss_bytes"]}
+    assert uss[os.getpid()][0]["role"] == "root"
+    labels, value = uss[child.pid]
+    assert labels["role"] == "child"
+    assert truth.uss is not None
+    assert abs(value - truth.uss) <= MIB
+    for name in ("pss", "rss", "private_dirty", "shared_with_parent", "peak_rss"):
+        assert any(int(lb["pid"]) == child.pid for lb, _ in found[f"forkmem_process_{name}_bytes"])
+    shared = {int(lb["pid"]): v for lb, v in found["forkmem_process_shared_with_parent_bytes"]}
+    assert os.getpid() not in shared  # the root has no parent in the tree
+    assert shared[child.pid] >= 16 * MIB
+    (tree_pss,) = found["forkmem_tree_pss_bytes"]
+    assert tree_pss[0] == {"root": str(os.getpid())}
+    assert found["forkmem_tree_processes"][0][1] >= 2
+    buf.close()
+
+
+def test_collector_of_a_gone_root_reports_down() -> None:
+    pid = os.fork()
+    if pid == 0:
+        os._exit(0)
+    os.waitpid(pid, 0)
+    registry = prometheus_client.CollectorRegistry(auto_describe=False)
+    registry.register(metrics.TreeCollector(pid))
+    found = _scrape(prometheus_client.generate_latest(registry).decode())
+    assert found == {"forkmem_tree_up": [({}, 0.0)]}
+
+
+@pytest.mark.parametrize(
+    ("address", "expected"),
+    [
+        ("127.0.0.1:9464", ("127.0.0.1", 9464)),
+        (":9464", ("127.0.0.1", 9464)),
+        ("[::1]:0", ("::1", 0)),
+        ("localhost:80", ("localhost", 80)),
+        ("0.0.0.0:9464", ("0.0.0.0", 9464)),
+    ],
+)
+def test_listen_addresses(address: str, expected: tuple[str, int]) -> None:
+    assert metrics.parse_listen(address) == expected
+
+
+@pytest.mark.parametrize("address", ["9464", "host:", "a.example:1", "1.2.3.4:70000", "::1"])
+def test_bad_listen_addresses_are_typed_errors(address: str) -> None:
+    with pytest.raises(forkmem.InvalidArgument):
+        metrics.parse_listen(address)
+
+
+def test_serve_metrics_answers_http_and_closes() -> None:
+    server = metrics.serve_metrics(listen="127.0.0.1:0")
+    try:
+        assert server.port > 0
+        with urllib.request.urlopen(server.url, timeout=10) as resp:
+            body = resp.read().decode()
+        assert 'forkmem_process_uss_bytes{command="' in body
+        assert f'pid="{os.getpid()}"' in body
+    finally:
+        server.close()
+    with pytest.raises(urllib.error.URLError):  # the port is released
+        urllib.request.urlopen(server.url, timeout=2)
+
+
+def test_a_port_in_use_is_a_typed_error() -> None:
+    server = metrics.serve_metrics(listen="127.0.0.1:0")
+    try:
+        with pytest.raises(forkmem.InvalidArgument, match="cannot listen"):
+            metrics.serve_metrics(listen=f"127.0.0.1:{server.port}")
+    finally:
+        server.close()
+
+
+def test_without_prometheus_client_the_import_is_a_typed_error() -> None:
+    code = (
+        "import sys; sys.modules['prometheus_client'] = None\n"
+        "import forkmem\n"
+        "try:\n"
+        "    import forkmem.metrics\n"
+        "except forkmem.MissingDependency as exc:\n"
+        "    assert isinstance(exc, ImportError) and exc.extra == 'metrics', exc\n"
+        "    print(exc)\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "pip install 'forkmem[metrics]'" in proc.stdout
+
+
+def test_export_of_a_missing_pid_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["export", str(2**22 + 11), "--listen", "127.0.0.1:0"]) == 2
+    assert "no process" in capsys.readouterr().err
+
+
+def test_export_needs_a_target() -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["export"])
+    assert exc.value.code == 2
