@@ -18,6 +18,7 @@ __all__ = [
     "MissingDependency",
     "NoSuchProcess",
     "ProcParseError",
+    "UnsafeToFork",
     "UnsupportedPlatform",
     "UnsupportedRuntime",
     "WorkerLost",
@@ -129,6 +130,11 @@ class ChildTimeout(ForkmemError, TimeoutError):
 
 class CopyLimitExceeded(ForkmemError, AssertionError):
     """A child copied more of its parent's memory than the test allowed."""
+
+
+class UnsafeToFork(ForkmemError, RuntimeError):
+    """Forking now would hand workers something that cannot cross a fork (a running thread the
+    app started while forkmem rehearsed it, a worker class a fork server cannot host)."""
 
 
 class ForkmemWarning(UserWarning):

@@ -155,7 +155,12 @@ def test_without_forkmem_workers_copy_the_heap(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     "kwargs",
-    [{"warmup": 1}, {"immortalize": True}, {"sample_memory": "no"}, {"duty_cycle": 2.0}],
+    [
+        {"warmup": 1},
+        {"warmup": False, "immortalize": True},
+        {"sample_memory": "no"},
+        {"duty_cycle": 2.0},
+    ],
 )
 def test_configure_rejects_bad_arguments(kwargs: dict[str, Any]) -> None:
     from forkmem.errors import InvalidArgument

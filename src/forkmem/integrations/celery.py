@@ -25,6 +25,7 @@ import weakref
 from dataclasses import dataclass
 from typing import Any
 
+from forkmem._disable import disabled
 from forkmem._sampler import Sampler
 from forkmem.errors import InvalidArgument
 from forkmem.integrations._common import ensure_child_hooks, warn_missing_bytecode
@@ -63,7 +64,7 @@ def install(
     ``warmup`` runs :func:`forkmem.warmup` (``immortalize`` passed on) instead of a plain
     collect-and-freeze. ``sample_memory`` samples each child's peak private memory at most
     ``duty_cycle`` of one CPU and logs it when the child exits. Calling it again for the same
-    app replaces the options.
+    app replaces the options. With ``FORKMEM_DISABLE=1`` in the environment it does nothing.
     """
     global _connected
     for name, value in (
@@ -85,6 +86,8 @@ def install(
         ) from exc
     if not isinstance(app, Celery):
         raise InvalidArgument(f"install() takes a celery.Celery app; got {app!r}")
+    if disabled("celery"):
+        return
     _apps[app] = _Options(warmup, immortalize, sample_memory, float(duty_cycle))
     with _connect_lock:
         if _connected:

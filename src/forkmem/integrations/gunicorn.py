@@ -20,11 +20,17 @@ This module does not import gunicorn: the hooks only use the objects gunicorn pa
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from forkmem._disable import disabled
+from forkmem._immortal import unsupported_reason
 from forkmem._sampler import PeakSlot, Sampler, log_peak
 from forkmem.errors import InvalidArgument
 from forkmem.integrations._common import ensure_child_hooks, route_logs, warn_missing_bytecode
+from forkmem.integrations._gunicorn_rehearsal import Request, check_requests, rehearse
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping, Sequence
 
 __all__ = ["child_exit", "post_fork", "pre_fork", "when_ready", "worker_exit"]
 
@@ -32,10 +38,11 @@ _logger = logging.getLogger("forkmem.gunicorn")
 
 
 class _Settings:
-    warmup = False
-    immortalize = False
+    warmup = True
+    immortalize: bool | None = None  # None: wherever the runtime supports it
     sample_memory = True
     duty_cycle = 0.01
+    rehearse: tuple[Request, ...] = ()
 
 
 _settings = _Settings()
@@ -43,32 +50,74 @@ _settings = _Settings()
 
 def configure(
     *,
-    warmup: bool = False,
-    immortalize: bool = False,
+    warmup: bool = True,
+    immortalize: bool | None = None,
     sample_memory: bool = True,
     duty_cycle: float = 0.01,
+    rehearse: Sequence[str | Mapping[str, Any]] = (),
 ) -> None:
     """Change what the hooks do; call it in ``gunicorn.conf.py`` (the master reads the file).
 
-    ``warmup`` runs :func:`forkmem.warmup` instead of a plain collect-and-freeze in
-    :func:`when_ready` (``immortalize`` is passed on to it). ``sample_memory`` samples each
-    worker's peak private memory at most ``duty_cycle`` of one CPU, logged at :func:`child_exit`.
+    ``warmup`` (the default) runs :func:`forkmem.warmup` in :func:`when_ready`; ``False`` is a
+    plain collect-and-freeze. ``immortalize`` is passed on to it: ``None`` (the default) means
+    wherever the runtime supports it (CPython 3.12/3.13), with one log line where it does not.
+    ``rehearse`` lists requests the master serves itself, through gunicorn's own request path
+    and the preloaded app, before the warm-up: paths (``"/"``, ``"/admin/login/?next=/"``) or
+    environ-style dicts (``REQUEST_METHOD``, ``PATH_INFO``, ``QUERY_STRING``, ``CONTENT_TYPE``,
+    ``HTTP_*``). What the app builds on its first requests is then built once and shared by
+    every worker; database connections and sockets it opened are closed, and threads it left
+    running raise :class:`~forkmem.UnsafeToFork` (see ``docs/integrations/gunicorn.md``). ``sample_memory`` samples each worker's peak private
+    memory at most ``duty_cycle`` of one CPU, logged at :func:`child_exit`.
     """
     for name, value in (
         ("warmup", warmup),
-        ("immortalize", immortalize),
         ("sample_memory", sample_memory),
     ):
         if not isinstance(value, bool):
             raise InvalidArgument(f"configure({name}=...) must be True or False; got {value!r}")
+    if immortalize is not None and not isinstance(immortalize, bool):
+        raise InvalidArgument(
+            f"configure(immortalize=...) must be True, False or None; got {immortalize!r}"
+        )
     if immortalize and not warmup:
         raise InvalidArgument("configure(immortalize=True) needs warmup=True")
+    requests = check_requests("configure(rehearse)", rehearse)
     if not isinstance(duty_cycle, (int, float)) or not 0 < duty_cycle <= 1:
         raise InvalidArgument(f"configure(duty_cycle=...) must be in (0, 1]; got {duty_cycle!r}")
     _settings.warmup = warmup
     _settings.immortalize = immortalize
     _settings.sample_memory = sample_memory
     _settings.duty_cycle = float(duty_cycle)
+    _settings.rehearse = requests
+
+
+def _immortalize() -> bool:
+    if not _settings.warmup or _settings.immortalize is False:
+        return False
+    if _settings.immortalize is None:
+        reason = unsupported_reason()
+        if reason is not None:
+            _logger.info("forkmem: not immortalizing the gunicorn master: %s", reason)
+            return False
+    return True
+
+
+def _rehearse(server: Any) -> None:
+    app = getattr(server, "app", None)
+    cfg = getattr(server, "cfg", None)
+    if app is None or not getattr(cfg, "preload_app", False):
+        _logger.warning("forkmem: rehearse needs preload_app = True; not rehearsing")
+        return
+    report = rehearse(server, _settings.rehearse)
+    _logger.info(
+        "forkmem: rehearsed %d request(s) in the gunicorn master in %.3f s (%d failed)%s",
+        report.ok + report.failed,
+        report.seconds,
+        report.failed,
+        "; closed " + ", ".join(report.settled.databases_closed)
+        if report.settled.databases_closed
+        else "",
+    )
 
 
 def when_ready(server: Any) -> None:
@@ -81,14 +130,18 @@ def when_ready(server: Any) -> None:
     from forkmem.freeze import frozen
 
     route_logs(getattr(getattr(server, "log", None), "error_log", None) or logging.getLogger())
+    if disabled("gunicorn"):
+        return
     cfg = getattr(server, "cfg", None)
     if cfg is not None and not getattr(cfg, "preload_app", False):
         _logger.warning(
             "forkmem: preload_app is off, so every worker imports the app itself and nothing of "
             "it can be shared; set preload_app = True"
         )
+    if _settings.rehearse:
+        _rehearse(server)
     warn_missing_bytecode()
-    with frozen(warmup=_settings.warmup, immortalize=_settings.immortalize) as report:
+    with frozen(warmup=_settings.warmup, immortalize=_immortalize()) as report:
         pass
     _logger.info(
         "forkmem: froze %d objects in the gunicorn master (pid %s) in %.3f s before forking",
@@ -100,12 +153,14 @@ def when_ready(server: Any) -> None:
 
 def pre_fork(server: Any, worker: Any) -> None:
     """Master, just before a worker forks: give it a shared slot for its memory peak."""
-    if _settings.sample_memory:
+    if _settings.sample_memory and not disabled("gunicorn"):
         worker._forkmem_slot = PeakSlot()
 
 
 def post_fork(server: Any, worker: Any) -> None:
     """Worker, just after the fork: forkmem's child hooks (once), then the memory sampler."""
+    if disabled("gunicorn"):
+        return
     ensure_child_hooks()
     slot = getattr(worker, "_forkmem_slot", None)
     if _settings.sample_memory and slot is not None:

@@ -1,0 +1,250 @@
+"""Stock gunicorn against forkmem's hooks on a real Django site (and a Flask app), in one run.
+
+Needs gunicorn, Django (and Flask for ``--app flask``) and ``wrk`` (Debian: ``apt-get install
+wrk``). For each variant it starts ``gunicorn --preload`` with ``--workers`` sync workers on
+127.0.0.1, loads it with wrk for ``--seconds`` over the site's pages, then measures every worker
+from outside (``forkmem.memory``, after the load) and the whole tree (``forkmem.memory_tree``):
+
+- ``stock``: no forkmem at all (an empty gunicorn config).
+- ``freeze``: ``configure(warmup=False)``: collect and ``gc.freeze()`` in the master.
+- ``immortalize``: ``configure(warmup=True, immortalize=True)`` (CPython 3.12/3.13).
+- ``default``: forkmem's one-line config as shipped (the import, nothing else).
+- ``rehearse``: the default plus ``rehearse=[the pages]``, run in the master before the fork.
+- ``rehearse-quiet``: ``rehearse`` without the per-worker memory sampler (its thread's stack and
+  malloc arena are private to each worker).
+- ``refork``: the default plus ``refork_after=N``: a worker warmed by real traffic forks the rest.
+
+Printed per variant: worker private memory (USS) median and max, tree PSS, requests/s and failed
+requests (non-2xx/3xx answers and socket errors, from wrk), with ratios against ``stock``.
+
+    python benchmarks/gunicorn_django.py [--app django|flask] [--seconds 10] [--variants ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import re
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+import psutil
+
+import forkmem
+
+MiB = 1024 * 1024
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+APPS = {
+    "django": ("django_site:application", ["/", "/admin/login/"]),
+    "flask": ("flask_site:app", ["/", "/api/items"]),
+}
+
+VARIANTS: dict[str, str | None] = {
+    "stock": None,
+    "freeze": "configure(warmup=False)",
+    "immortalize": "configure(warmup=True, immortalize=True)",
+    "default": "",
+    "rehearse": "configure(rehearse={paths!r})",
+    "refork": "configure(refork_after={refork_after})",
+    "rehearse-quiet": "configure(rehearse={paths!r}, sample_memory=False)",
+}
+
+WRK_SCRIPT = """\
+local paths = {{{paths}}}
+local i = 0
+request = function()
+  i = i + 1
+  return wrk.format("GET", paths[(i % #paths) + 1])
+end
+"""
+
+
+@dataclass
+class Result:
+    name: str
+    worker_uss: list[int]
+    tree_pss: int
+    rps: float
+    requests: int
+    failed: int
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def write_config(folder: Path, name: str, paths: list[str], refork_after: int) -> Path:
+    conf = folder / f"{name}.conf.py"
+    template = VARIANTS[name]
+    if template is None:
+        conf.write_text("")
+        return conf
+    call = template.format(paths=paths, refork_after=refork_after)
+    lines = ["from forkmem.integrations.gunicorn import *  # noqa: F403"]
+    if call:
+        lines.insert(0, "import forkmem.integrations.gunicorn as forkmem_gunicorn")
+        lines.append(f"forkmem_gunicorn.{call}")
+    conf.write_text("\n".join(lines) + "\n")
+    return conf
+
+
+def wait_up(base: str, proc: subprocess.Popen[bytes], log: Path, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(base + "/", timeout=2):
+                return
+        except (urllib.error.URLError, OSError):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise SystemExit(f"gunicorn did not come up:\n{log.read_text()}") from None
+            time.sleep(0.2)
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=30)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(timeout=5)
+
+
+def parse_wrk(text: str) -> tuple[float, int, int]:
+    """requests/s, requests, failed (non-2xx/3xx answers plus socket errors) from wrk's output."""
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1))  # type: ignore[union-attr]
+    requests = int(re.search(r"(\d+) requests in", text).group(1))  # type: ignore[union-attr]
+    failed = 0
+    bad = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", text)
+    if bad:
+        failed += int(bad.group(1))
+    errors = re.search(
+        r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", text
+    )
+    if errors:
+        failed += sum(int(g) for g in errors.groups())
+    return rps, requests, failed
+
+
+def workers_of(master: int) -> list[int]:
+    try:
+        return [c.pid for c in psutil.Process(master).children()]
+    except psutil.Error:
+        return []
+
+
+def run_variant(name: str, args: argparse.Namespace, folder: Path, env: dict[str, str]) -> Result:
+    target, paths = APPS[args.app]
+    conf = write_config(folder, name, paths, args.refork_after)
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    log = folder / f"{name}.log"
+    command = [
+        sys.executable, "-m", "gunicorn", "-c", str(conf), "--preload",
+        "--workers", str(args.workers), "--worker-class", "sync",
+        "--bind", f"127.0.0.1:{port}", "--chdir", str(EXAMPLES), target,
+    ]  # fmt: skip
+    if args.max_requests:
+        command[-1:-1] = ["--max-requests", str(args.max_requests)]
+    script = folder / "paths.lua"
+    script.write_text(WRK_SCRIPT.format(paths=", ".join(f'"{p}"' for p in paths)))
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            command, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    try:
+        wait_up(base, proc, log)
+        wrk = subprocess.run(
+            ["wrk", "-t", "2", "-c", str(args.connections), "-d", f"{args.seconds}s",
+             "-s", str(script), base],
+            capture_output=True, text=True, check=True, timeout=args.seconds + 60,
+        )  # fmt: skip
+        rps, requests, failed = parse_wrk(wrk.stdout)
+        time.sleep(1.0)  # let the last answers finish and a refork settle
+        pids = workers_of(proc.pid)
+        uss = []
+        for pid in pids:
+            with contextlib.suppress(forkmem.NoSuchProcess):
+                uss.append(forkmem.memory(pid).uss)
+        tree = forkmem.memory_tree(proc.pid).total_pss or 0
+    finally:
+        stop(proc)
+    return Result(name, uss, tree, rps, requests, failed)
+
+
+def ratio(value: float, base: float) -> str:
+    return f"{value / base:5.2f}x" if base else "   - "
+
+
+def report(results: list[Result]) -> None:
+    stock = next((r for r in results if r.name == "stock"), results[0])
+    stock_uss = statistics.median(stock.worker_uss) if stock.worker_uss else 0
+    print(
+        f"{'variant':<12} {'worker USS med':>14} {'max':>8} {'tree PSS':>10} "
+        f"{'req/s':>9} {'failed':>7}   vs {stock.name}: USS   PSS   req/s"
+    )
+    for r in results:
+        med = statistics.median(r.worker_uss) if r.worker_uss else 0
+        top = max(r.worker_uss, default=0)
+        print(
+            f"{r.name:<12} {med / MiB:11.1f} MiB {top / MiB:5.1f} MiB {r.tree_pss / MiB:6.1f} MiB "
+            f"{r.rps:9.0f} {r.failed:7d}   {ratio(med, stock_uss)} {ratio(r.tree_pss, stock.tree_pss)}"
+            f" {ratio(r.rps, stock.rps)}"
+        )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--app", choices=sorted(APPS), default="django")
+    parser.add_argument("--workers", type=int, default=4)
+    parser.add_argument("--seconds", type=int, default=10)
+    parser.add_argument("--connections", type=int, default=8)
+    parser.add_argument("--refork-after", type=int, default=200)
+    parser.add_argument("--max-requests", type=int, default=0)
+    parser.add_argument(
+        "--variants",
+        nargs="+",
+        choices=list(VARIANTS),
+        default=[name for name in VARIANTS if name != "refork"],
+    )
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory(prefix="forkmem-gunicorn-bench-") as tmp:
+        folder = Path(tmp)
+        env = dict(os.environ, XDG_RUNTIME_DIR=tmp, FORKMEM_DJANGO_DB=str(folder / "db.sqlite3"))
+        env.pop("FORKMEM_DISABLE", None)
+        if args.app == "django":
+            subprocess.run(
+                [sys.executable, str(EXAMPLES / "django_site.py"), "migrate"], env=env, check=True
+            )
+        results = []
+        for name in args.variants:
+            result = run_variant(name, args, folder, env)
+            results.append(result)
+            print(
+                f"# {name}: {len(result.worker_uss)} workers, {result.requests} requests",
+                flush=True,
+            )
+        print(
+            f"\n{args.app} under gunicorn {args.workers} sync workers --preload, wrk "
+            f"{args.connections} connections {args.seconds} s, Python {sys.version.split()[0]}"
+        )
+        report(results)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,246 @@
+"""Real gunicorn serving the real Django site (examples/django_site.py, admin, sqlite), with
+``configure(rehearse=...)``: the master serves the pages once before forking, workers share
+what that built, failures are logged, threads refuse, ``FORKMEM_DISABLE=1`` turns it all off.
+
+The load comes from wrk (Debian package ``wrk``) where it is installed, else from urllib.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import psutil
+import pytest
+
+import forkmem
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+pytest.importorskip("gunicorn")
+pytest.importorskip("django")
+
+pytestmark = [pytest.mark.integration, pytest.mark.linux_only, pytest.mark.timeout(180)]
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+PAGES = ["/", "/admin/login/"]
+MiB = 1024 * 1024
+
+
+def _port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def site_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    folder = tmp_path_factory.mktemp("django")
+    env = dict(os.environ, FORKMEM_DJANGO_DB=str(folder / "db.sqlite3"))
+    env["XDG_RUNTIME_DIR"] = str(folder)  # gunicorn's control socket stays in tmp
+    env.pop("FORKMEM_DISABLE", None)
+    subprocess.run(
+        [sys.executable, str(EXAMPLES / "django_site.py"), "migrate"], env=env, check=True
+    )
+    return env
+
+
+@contextlib.contextmanager
+def _serve(
+    conf: str, tmp: Path, env: dict[str, str], *extra: str, workers: int = 2
+) -> Iterator[tuple[str, subprocess.Popen[bytes], Path]]:
+    config = tmp / "forkmem.conf.py"
+    config.write_text(conf)
+    log = tmp / "gunicorn.log"
+    port = _port()
+    command = [
+        sys.executable, "-m", "gunicorn", "-c", str(config), "--preload", "--workers",
+        str(workers), "--worker-class", "sync", "--bind", f"127.0.0.1:{port}",
+        "--chdir", str(EXAMPLES), *extra, "django_site:application",
+    ]  # fmt: skip
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            command, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                with urllib.request.urlopen(base + "/", timeout=2):
+                    break
+            except (urllib.error.URLError, OSError):
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise AssertionError(f"gunicorn did not come up:\n{log.read_text()}") from None
+                time.sleep(0.2)
+        yield base, proc, log
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=20)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=5)
+
+
+def _load(base: str, seconds: int, tmp: Path) -> tuple[int, int]:
+    """Requests served and failed (non-2xx/3xx, socket errors) over ``seconds`` of load."""
+    wrk = shutil.which("wrk")
+    if wrk is None:
+        served = failed = 0
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            for page in PAGES:
+                try:
+                    with urllib.request.urlopen(base + page, timeout=10) as answer:
+                        answer.read()
+                    served += 1
+                except (urllib.error.URLError, OSError):
+                    failed += 1
+        return served, failed
+    script = tmp / "pages.lua"
+    script.write_text(
+        "local p = {" + ", ".join(f'"{page}"' for page in PAGES) + "}\nlocal i = 0\n"
+        'request = function() i = i + 1 return wrk.format("GET", p[(i % #p) + 1]) end\n'
+    )
+    out = subprocess.run(
+        [wrk, "-t", "2", "-c", "4", "-d", f"{seconds}s", "-s", str(script), base],
+        capture_output=True, text=True, check=True, timeout=seconds + 60,
+    ).stdout  # fmt: skip
+    served = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
+    failed = sum(
+        int(n)
+        for n in re.findall(
+            r"Non-2xx or 3xx responses:\s+(\d+)|(?:connect|read|write|timeout) (\d+)", out
+        )
+        for n in n
+        if n
+    )
+    return served, failed
+
+
+def _worker_uss(master: int) -> list[int]:
+    return [forkmem.memory(child.pid).uss for child in psutil.Process(master).children()]
+
+
+def test_rehearsed_workers_keep_less_private_memory(
+    tmp_path: Path, site_env: dict[str, str]
+) -> None:
+    plain_dir, warm_dir = tmp_path / "plain", tmp_path / "warm"
+    plain_dir.mkdir()
+    warm_dir.mkdir()
+    plain = "from forkmem.integrations.gunicorn import *  # noqa: F403\n"
+    warm = plain + (
+        "import forkmem.integrations.gunicorn as fg\n"
+        f"fg.configure(rehearse={PAGES!r} + [{{'PATH_INFO': '/admin/login/', "
+        "'HTTP_ACCEPT_LANGUAGE': 'en'}])\n"
+    )
+    with _serve(plain, plain_dir, site_env) as (base, proc, _log):
+        served, failed = _load(base, 3, plain_dir)
+        time.sleep(0.5)
+        plain_uss = _worker_uss(proc.pid)
+    assert served > 0
+    assert failed == 0
+    with _serve(warm, warm_dir, site_env) as (base, proc, log):
+        served, failed = _load(base, 3, warm_dir)
+        time.sleep(0.5)
+        warm_uss = _worker_uss(proc.pid)
+        text = log.read_text()
+    assert served > 0
+    assert failed == 0
+    assert "forkmem: rehearsed 3 request(s) in the gunicorn master" in text
+    assert "(0 failed); closed django" in text
+    # What the first requests build (the resolver, templates, translations) is shared now.
+    assert max(warm_uss) < min(plain_uss) - 1 * MiB, (plain_uss, warm_uss)
+
+
+def test_no_failed_requests_while_max_requests_recycles_rehearsed_workers(
+    tmp_path: Path, site_env: dict[str, str]
+) -> None:
+    conf = (
+        "from forkmem.integrations.gunicorn import *  # noqa: F403\n"
+        "import forkmem.integrations.gunicorn as fg\n"
+        f"fg.configure(rehearse={PAGES!r})\n"
+    )
+    with _serve(conf, tmp_path, site_env, "--max-requests", "40") as (base, _proc, log):
+        served, failed = _load(base, 4, tmp_path)
+        text = log.read_text()
+    assert served > 120, served  # every worker was replaced at least once meanwhile
+    assert failed == 0
+    assert text.count("Autorestarting worker") >= 2, text
+
+
+def test_a_failing_rehearsal_page_is_logged_and_the_server_runs(
+    tmp_path: Path, site_env: dict[str, str]
+) -> None:
+    conf = (
+        "from forkmem.integrations.gunicorn import *  # noqa: F403\n"
+        "import forkmem.integrations.gunicorn as fg\n"
+        "fg.configure(rehearse=['/no-such-page', '/'])\n"
+    )
+    with _serve(conf, tmp_path, site_env) as (base, _proc, log):
+        with urllib.request.urlopen(base + "/admin/login/", timeout=10) as answer:
+            assert answer.status == 200
+        text = log.read_text()
+    assert "forkmem: rehearsing /no-such-page answered '404 Not Found'" in text
+    assert "rehearsed 2 request(s)" in text
+    assert "(1 failed)" in text
+
+
+def test_a_rehearsal_that_leaves_a_thread_refuses_to_fork(
+    tmp_path: Path, site_env: dict[str, str]
+) -> None:
+    # A page of the test's own: the site's index, plus a thread the app forgets to stop.
+    (tmp_path / "threaded_site.py").write_text(
+        "import threading\n"
+        "from django_site import application as site\n"
+        "def application(environ, start_response):\n"
+        "    threading.Thread(target=threading.Event().wait, name='poller', daemon=True).start()\n"
+        "    return site(environ, start_response)\n"
+    )
+    conf = tmp_path / "conf.py"
+    conf.write_text(
+        "from forkmem.integrations.gunicorn import *  # noqa: F403\n"
+        "import forkmem.integrations.gunicorn as fg\n"
+        "fg.configure(rehearse=['/'])\n"
+    )
+    env = dict(site_env, PYTHONPATH=os.pathsep.join([str(tmp_path), str(EXAMPLES)]))
+    proc = subprocess.run(
+        [sys.executable, "-m", "gunicorn", "-c", str(conf), "--preload", "--workers", "1",
+         "--bind", f"127.0.0.1:{_port()}", "threaded_site:application"],
+        env=env, capture_output=True, text=True, timeout=90, cwd=tmp_path,
+    )  # fmt: skip
+    assert proc.returncode != 0
+    assert "started thread(s) that are still running" in proc.stderr
+    assert "'poller'" in proc.stderr
+    assert "Booting worker" not in proc.stderr
+
+
+def test_forkmem_disable_turns_the_hooks_off(tmp_path: Path, site_env: dict[str, str]) -> None:
+    conf = (
+        "from forkmem.integrations.gunicorn import *  # noqa: F403\n"
+        "import forkmem.integrations.gunicorn as fg\n"
+        f"fg.configure(rehearse={PAGES!r})\n"
+    )
+    env = dict(site_env, FORKMEM_DISABLE="1")
+    with _serve(conf, tmp_path, env) as (base, _proc, log):
+        with urllib.request.urlopen(base + "/", timeout=10) as answer:
+            assert answer.status == 200
+        text = log.read_text()
+    assert "FORKMEM_DISABLE is set; the gunicorn integration does nothing" in text
+    assert "forkmem: froze" not in text
+    assert "rehearsed" not in text

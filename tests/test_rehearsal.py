@@ -1,0 +1,166 @@
+"""What a rehearsal leaves behind, its input checks, and FORKMEM_DISABLE, with real sockets,
+threads and (when installed) a real Django database connection.
+
+Each test that changes process state runs in a forked child (``run_forked``).
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import socket
+import threading
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+from _forking import run_forked
+from forkmem import InvalidArgument, UnsafeToFork
+from forkmem._disable import disabled
+from forkmem.integrations import _fork_safety, gunicorn
+from forkmem.integrations._fork_safety import settle, snapshot
+from forkmem.integrations._gunicorn_rehearsal import check_requests
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+pytestmark = pytest.mark.linux_only
+
+
+@pytest.mark.parametrize(
+    "requests",
+    [
+        "/",
+        b"/",
+        ["no-slash"],
+        ["/a b"],
+        [42],
+        [{"PATH_INFO": "/", "wsgi.input": "x"}],
+        [{"HTTP_X": "a\r\nInjected: 1"}],
+        [{"PATH_INFO": 1}],
+    ],
+)
+def test_bad_rehearsal_requests_are_typed_errors(requests: Any) -> None:
+    with pytest.raises(InvalidArgument):
+        check_requests("rehearse", requests)
+    with pytest.raises(ValueError, match="rehearse"):
+        gunicorn.configure(rehearse=requests)
+
+
+def test_good_rehearsal_requests_pass() -> None:
+    given = ["/", "/admin/login/?next=/", {"PATH_INFO": "/x", "HTTP_ACCEPT_LANGUAGE": "de"}]
+    assert check_requests("rehearse", given) == tuple(given)
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [{"immortalize": "yes"}, {"warmup": 1}, {"warmup": False, "immortalize": True}],
+)
+def test_configure_rejects_bad_flags(kwargs: dict[str, Any]) -> None:
+    with pytest.raises(InvalidArgument):
+        gunicorn.configure(**kwargs)
+
+
+def test_settle_closes_sockets_opened_since_the_snapshot() -> None:
+    def child() -> dict[str, Any]:
+        old_a, old_b = socket.socketpair()
+        before = snapshot()
+        new_a, new_b = socket.socketpair()
+        raw = socket.socket().detach()  # a socket no Python object owns, like a C driver's
+        settled = settle(before, what="test")
+        return {
+            "old_open": old_a.fileno() >= 0 and old_b.fileno() >= 0,
+            "new_closed": new_a.fileno() == -1 and new_b.fileno() == -1,
+            "raw_target": os.readlink(f"/proc/self/fd/{raw}"),
+            "closed": settled.sockets_closed,
+            "dropped": settled.sockets_dropped,
+        }
+
+    result = run_forked(child)
+    assert result["old_open"]
+    assert result["new_closed"]
+    assert result["raw_target"] == os.devnull  # the number stays valid, the socket is gone
+    assert result["closed"] == 2
+    assert result["dropped"] == 1
+
+
+def test_settle_refuses_threads_that_keep_running(monkeypatch: pytest.MonkeyPatch) -> None:
+    def child() -> dict[str, Any]:
+        monkeypatch.setattr(_fork_safety, "_THREAD_GRACE", 0.2)
+        before = snapshot()
+        quick = threading.Thread(target=lambda: None, name="quick")
+        quick.start()
+        settle(before, what="test")  # a thread that ended by itself is fine
+        stop = threading.Event()
+        threading.Thread(target=stop.wait, name="app-poller", daemon=True).start()
+        try:
+            settle(before, what="test")
+        except UnsafeToFork as exc:
+            message = str(exc)
+            is_runtime = isinstance(exc, RuntimeError)
+        else:
+            message, is_runtime = "", False
+        stop.set()
+        return {"message": message, "runtime": is_runtime}
+
+    result = run_forked(child)
+    assert "'app-poller'" in result["message"]
+    assert result["runtime"]
+
+
+def test_settle_closes_django_connections(tmp_path: Path) -> None:
+    pytest.importorskip("django")
+
+    def child() -> dict[str, Any]:
+        import django
+        from django.conf import settings
+
+        settings.configure(
+            DATABASES={
+                "default": {
+                    "ENGINE": "django.db.backends.sqlite3",
+                    "NAME": str(tmp_path / "db.sqlite3"),
+                }
+            },
+            INSTALLED_APPS=[],
+        )
+        django.setup()
+        from django.db import connection
+
+        before = snapshot()
+        with connection.cursor() as cursor:
+            cursor.execute("select 1")
+        was_open = connection.connection is not None
+        settled = settle(before, what="test")
+        return {
+            "was_open": was_open,
+            "now": connection.connection is None,
+            "closed": list(settled.databases_closed),
+        }
+
+    result = run_forked(child)
+    assert result == {"was_open": True, "now": True, "closed": ["django"]}
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"), [("1", True), ("yes", True), ("0", False), ("", False)]
+)
+def test_disable_switch(monkeypatch: pytest.MonkeyPatch, value: str, expected: bool) -> None:
+    monkeypatch.setenv("FORKMEM_DISABLE", value)
+    assert disabled("test") is expected
+
+
+def test_disabled_gunicorn_hooks_do_nothing() -> None:
+    def child() -> dict[str, Any]:
+        os.environ["FORKMEM_DISABLE"] = "1"
+        before = gc.get_freeze_count()
+        gunicorn.when_ready(object())
+
+        class Worker:
+            pass
+
+        worker = Worker()
+        gunicorn.pre_fork(object(), worker)
+        return {"frozen": gc.get_freeze_count() - before, "slot": hasattr(worker, "_forkmem_slot")}
+
+    assert run_forked(child) == {"frozen": 0, "slot": False}
