@@ -194,16 +194,16 @@ def report(results: list[Result]) -> None:
     stock = next((r for r in results if r.name == "stock"), results[0])
     stock_uss = statistics.median(stock.worker_uss) if stock.worker_uss else 0
     print(
-        f"{'variant':<12} {'worker USS med':>14} {'max':>8} {'tree PSS':>10} "
+        f"{'variant':<14} {'worker USS med':>14} {'max':>8} {'tree PSS':>10} "
         f"{'req/s':>9} {'failed':>7}   vs {stock.name}: USS   PSS   req/s"
     )
     for r in results:
         med = statistics.median(r.worker_uss) if r.worker_uss else 0
         top = max(r.worker_uss, default=0)
+        ratios = (ratio(med, stock_uss), ratio(r.tree_pss, stock.tree_pss), ratio(r.rps, stock.rps))
         print(
-            f"{r.name:<12} {med / MiB:11.1f} MiB {top / MiB:5.1f} MiB {r.tree_pss / MiB:6.1f} MiB "
-            f"{r.rps:9.0f} {r.failed:7d}   {ratio(med, stock_uss)} {ratio(r.tree_pss, stock.tree_pss)}"
-            f" {ratio(r.rps, stock.rps)}"
+            f"{r.name:<14} {med / MiB:11.1f} MiB {top / MiB:5.1f} MiB {r.tree_pss / MiB:6.1f} MiB "
+            f"{r.rps:9.0f} {r.failed:7d}   {' '.join(ratios)}"
         )
 
 

@@ -19,7 +19,6 @@ it busy for that long, so concurrent requests reach different sync workers).
 from __future__ import annotations
 
 import gc
-import json
 import os
 import sys
 import time

@@ -16,7 +16,8 @@ from flask import Blueprint, Flask, jsonify, render_template_string, request
 _PAGE = """<!doctype html>
 <html><head><title>{{ title }}</title></head>
 <body><h1>{{ title|title }}</h1>
-<ul>{% for item in items %}<li>{{ loop.index }}. {{ item.name|e }}: {{ "%.2f"|format(item.price) }}</li>
+<ul>{% for item in items %}
+<li>{{ loop.index }}. {{ item.name|e }}: {{ "%.2f"|format(item.price) }}</li>
 {% endfor %}</ul>
 <p><a href="{{ url_for('api.items') }}">as JSON</a></p>
 </body></html>

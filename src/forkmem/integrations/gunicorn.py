@@ -66,8 +66,9 @@ def configure(
     environ-style dicts (``REQUEST_METHOD``, ``PATH_INFO``, ``QUERY_STRING``, ``CONTENT_TYPE``,
     ``HTTP_*``). What the app builds on its first requests is then built once and shared by
     every worker; database connections and sockets it opened are closed, and threads it left
-    running raise :class:`~forkmem.UnsafeToFork` (see ``docs/integrations/gunicorn.md``). ``sample_memory`` samples each worker's peak private
-    memory at most ``duty_cycle`` of one CPU, logged at :func:`child_exit`.
+    running raise :class:`~forkmem.UnsafeToFork` (see ``docs/integrations/gunicorn.md``).
+    ``sample_memory`` samples each worker's peak private memory at most ``duty_cycle`` of one
+    CPU, logged at :func:`child_exit`.
     """
     for name, value in (
         ("warmup", warmup),
