@@ -18,7 +18,11 @@ from forkmem._units import format_bytes
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Sequence
 
+    from forkmem._proc_python import PythonProcess
+
 __all__ = ["Diagnosis", "Finding", "diagnose"]
+
+SUPPORTED = ((3, 10), (3, 15))  # the CPython versions forkmem supports, first and last
 
 Level = Literal["ok", "info", "warn"]
 _THP_PATH = "/sys/kernel/mm/transparent_hugepage/enabled"
@@ -86,14 +90,20 @@ class Diagnosis:
         return json.dumps(self.as_dict(), indent=indent, default=str)
 
 
-def diagnose(*, paths: Sequence[str] | None = None) -> Diagnosis:
+def diagnose(*, paths: Sequence[str] | None = None, pid: int | None = None) -> Diagnosis:
     """Run every check and return the findings.
 
     ``paths`` are the trees whose bytecode cache is checked (default: this interpreter's
     site-packages). Called inside a server process, the collector, freeze count and start
     method are that process's own. A check that cannot read what it needs says so as an
     ``info`` finding; it never raises.
+
+    With ``pid``, check that process from the outside instead (:func:`_diagnose_process`):
+    everything is read from ``/proc``, nothing of it is imported or run. Raises
+    :class:`~forkmem.NoSuchProcess` only when ``pid`` does not exist.
     """
+    if pid is not None and pid != os.getpid():
+        return _diagnose_process(pid, paths)
     checks: list[tuple[str, Callable[[], Finding]]] = [
         ("bytecode", lambda: _bytecode(paths)),
         ("dont_write_bytecode", _dont_write_bytecode),
@@ -102,13 +112,7 @@ def diagnose(*, paths: Sequence[str] | None = None) -> Diagnosis:
         ("start_method", _start_method),
         ("cgroup", _cgroup),
     ]
-    findings = []
-    for name, check in checks:
-        try:
-            findings.append(check())
-        except Exception as exc:  # a doctor that crashes helps nobody: report and go on
-            findings.append(Finding(name, "info", f"could not check: {exc}", ""))
-    return Diagnosis(tuple(findings))
+    return _run_checks(checks)
 
 
 def _bytecode(paths: Iterable[str] | None) -> Finding:
@@ -142,11 +146,16 @@ def _bytecode(paths: Iterable[str] | None) -> Finding:
 def _dont_write_bytecode() -> Finding:
     env = os.environ.get("PYTHONDONTWRITEBYTECODE")
     data = {"dont_write_bytecode": sys.dont_write_bytecode, "PYTHONDONTWRITEBYTECODE": env}
-    if not sys.dont_write_bytecode:
+    how = "PYTHONDONTWRITEBYTECODE is set" if env else "set (-B)"
+    return _dont_write_finding(how if sys.dont_write_bytecode else None, data)
+
+
+def _dont_write_finding(how: str | None, data: dict[str, Any]) -> Finding:
+    """``how`` says what turned bytecode writing off, ``None`` when it is on."""
+    if how is None:
         return Finding(
             "dont_write_bytecode", "ok", "off: the importer caches what it compiles", "", data
         )
-    how = "PYTHONDONTWRITEBYTECODE is set" if env else "set (-B)"
     return Finding(
         "dont_write_bytecode",
         "info",
@@ -249,10 +258,10 @@ def _start_method() -> Finding:
     )
 
 
-def _cgroup() -> Finding:
+def _cgroup(pid: int | None = None) -> Finding:
     from forkmem.cgroup import cgroup_memory
 
-    cg = cgroup_memory()
+    cg = cgroup_memory(pid)
     if cg is None:
         data: dict[str, Any] = {"current": None, "limit": None, "slab": None}
         return Finding("cgroup", "info", "cgroup memory: not readable here", "", data)
@@ -280,3 +289,156 @@ def _cgroup() -> Finding:
             data,
         )
     return Finding("cgroup", "ok", value, "", data)
+
+
+def _run_checks(checks: list[tuple[str, Callable[[], Finding]]]) -> Diagnosis:
+    findings = []
+    for name, check in checks:
+        try:
+            findings.append(check())
+        except Exception as exc:  # a doctor that crashes helps nobody: report and go on
+            findings.append(Finding(name, "info", f"could not check: {exc}", ""))
+    return Diagnosis(tuple(findings))
+
+
+def _diagnose_process(pid: int, paths: Sequence[str] | None) -> Diagnosis:
+    from forkmem._proc_python import inspect_python
+
+    target = inspect_python(pid)
+    checks: list[tuple[str, Callable[[], Finding]]] = [
+        ("runtime", lambda: _runtime(target)),
+        ("bytecode", lambda: _target_bytecode(target, paths)),
+        ("dont_write_bytecode", lambda: _target_dont_write(target)),
+        ("thp", lambda: _target_thp(target)),
+        ("cgroup", lambda: _cgroup(pid)),
+        ("inside_only", _inside_only),
+    ]
+    if target.unreadable:
+        checks.append(("unreadable", lambda: _unreadable(target)))
+    return _run_checks(checks)
+
+
+def _runtime(t: PythonProcess) -> Finding:
+    data: dict[str, Any] = {
+        "pid": t.pid,
+        "exe": t.exe,
+        "version": None if t.version is None else ".".join(map(str, t.version)),
+        "free_threaded": t.free_threaded,
+        "venv": t.venv,
+        "base_prefix": t.base_prefix,
+        "extension_modules": t.extensions,
+    }
+    if t.version is None:
+        value = (
+            "interpreter not readable"
+            if t.exe is None
+            else f"{t.exe}: no CPython extension or libpython mapped: not a Python process?"
+        )
+        return Finding("runtime", "info", value, "", data)
+    version = f"CPython {t.version[0]}.{t.version[1]}{' free-threaded' if t.free_threaded else ''}"
+    where = f" in {t.venv}" if t.venv else ""
+    value = f"{version} ({t.exe or 'exe not readable'}){where}"
+    if not SUPPORTED[0] <= t.version <= SUPPORTED[1]:
+        first, last = (f"{v[0]}.{v[1]}" for v in SUPPORTED)
+        return Finding(
+            "runtime", "warn", value, f"forkmem supports CPython {first} to {last}", data
+        )
+    if t.free_threaded:
+        return Finding(
+            "runtime",
+            "info",
+            value,
+            "free-threaded builds have no generations: gc.freeze() walks the whole heap and a "
+            "freeze in a child dirties every page; freeze once, in the parent",
+            data,
+        )
+    return Finding("runtime", "ok", value, "", data)
+
+
+def _target_paths(t: PythonProcess) -> list[str]:
+    """The target's import path as site would build it: script dir, PYTHONPATH, site dirs and
+    the directories their ``.pth`` files add (``import`` lines are code: never run)."""
+    out = [p for p in (t.script_dir, *t.pythonpath) if p and os.path.isdir(p)]
+    for site_dir in t.site_packages:
+        out.append(site_dir)
+        try:
+            names = sorted(n for n in os.listdir(site_dir) if n.endswith(".pth"))
+        except OSError:
+            continue
+        for name in names:
+            try:
+                with open(os.path.join(site_dir, name), encoding="utf-8", errors="replace") as f:
+                    lines = f.read().splitlines()
+            except OSError:
+                continue
+            for line in lines:
+                line = line.strip()
+                if not line or line.startswith(("#", "import ", "import\t")):
+                    continue
+                path = os.path.normpath(os.path.join(site_dir, line))
+                if os.path.isdir(path):
+                    out.append(path)
+    unique: list[str] = []
+    for p in out:
+        if not any(p == u or p.startswith(u.rstrip("/") + "/") for u in unique):
+            unique = [u for u in unique if not u.startswith(p.rstrip("/") + "/")] + [p]
+    return unique
+
+
+def _target_bytecode(t: PythonProcess, paths: Sequence[str] | None) -> Finding:
+    if t.version is None:
+        return Finding("bytecode", "info", "not a Python process (or its maps are unreadable)", "")
+    if t.cache_tag != sys.implementation.cache_tag:
+        exe = t.exe or "its python"
+        return Finding(
+            "bytecode",
+            "info",
+            f"its interpreter caches bytecode as {t.cache_tag}, this one as "
+            f"{sys.implementation.cache_tag}: not checked",
+            f"run the check with its interpreter: {exe} -m forkmem doctor {t.pid}",
+            {"cache_tag": t.cache_tag},
+        )
+    return _bytecode(list(paths) if paths is not None else _target_paths(t))
+
+
+def _target_dont_write(t: PythonProcess) -> Finding:
+    flag = "B" in t.flags
+    if t.environ is None:
+        return Finding(
+            "dont_write_bytecode",
+            "info",
+            "its environment is not readable (PYTHONDONTWRITEBYTECODE unknown)",
+            "",
+        )
+    env = t.environ.get("PYTHONDONTWRITEBYTECODE")
+    data = {"PYTHONDONTWRITEBYTECODE": env, "-B": flag}
+    how = "PYTHONDONTWRITEBYTECODE is set" if env else "started with -B"
+    return _dont_write_finding(how if env or flag else None, data)
+
+
+def _target_thp(t: PythonProcess) -> Finding:
+    system = _thp()
+    if t.thp_disabled:
+        data = dict(system.data, process_disabled=True)
+        return Finding("thp", "ok", f"{system.value}; disabled for this process", "", data)
+    return system
+
+
+def _inside_only() -> Finding:
+    return Finding(
+        "inside_only",
+        "info",
+        "the collector, freeze count and multiprocessing start method are only visible "
+        "inside the process",
+        "call forkmem.doctor.diagnose() in it (e.g. from a gunicorn when_ready hook) to see them",
+    )
+
+
+def _unreadable(t: PythonProcess) -> Finding:
+    return Finding(
+        "unreadable",
+        "info",
+        f"{len(t.unreadable)} file(s) not readable: " + "; ".join(t.unreadable),
+        "",
+        {"files": list(t.unreadable)},
+    )

@@ -23,6 +23,12 @@ def register(sub: Any) -> None:
             "1 at least one warning, 2 usage error."
         ),
     )
+    parser.add_argument(
+        "pid",
+        nargs="?",
+        type=int,
+        help="check this process from the outside (read from /proc, nothing of it imported)",
+    )
     parser.add_argument("--json", action="store_true", help="print the findings as JSON")
     parser.add_argument(
         "--path",
@@ -38,9 +44,9 @@ def run(args: argparse.Namespace) -> int:
     from forkmem.doctor import diagnose
 
     paths = normalize_paths(args.path) if args.path else None
-    result = diagnose(paths=paths)
+    result = diagnose(paths=paths, pid=args.pid)
     if args.json:
-        sys.stdout.write(result.to_json() + "\n")
+        sys.stdout.write(result.to_json(indent=None) + "\n")
     else:
         sys.stdout.write(result.summary() + "\n")
     return 0 if result.ok else 1
