@@ -118,7 +118,7 @@ def test_missing_pid_exits_2_with_one_line(capsys: pytest.CaptureFixture[str]) -
     assert main(["memory", str(pid)]) == 2
     captured = capsys.readouterr()
     assert captured.out == ""
-    assert captured.err == f"forkmem memory: no process {pid}\n"
+    assert captured.err == f"forkmem: error: no process {pid}\n"
 
 
 def _run_main_as_nobody(pipe: Pipe) -> None:
@@ -138,7 +138,7 @@ def test_no_permission_exits_1_with_one_line() -> None:
         result = child.recv()
     assert result["code"] == 1
     assert result["err"].count("\n") == 1
-    assert result["err"].startswith("forkmem memory: no permission to read /proc/")
+    assert result["err"].startswith("forkmem: error: no permission to read /proc/")
 
 
 def test_bad_pid_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:

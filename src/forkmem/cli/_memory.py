@@ -106,17 +106,10 @@ def run(args: argparse.Namespace) -> int:
         raise InvalidArgument(f"--watch needs a positive number of seconds, not {args.watch}")
     if args.count is not None and args.count <= 0:
         raise InvalidArgument(f"--count needs a positive number, not {args.count}")
-    try:
-        if args.cgroup:
-            return _run_cgroup(args)
-        return _run_processes(args)
-    except NoSuchProcess as exc:
-        # A pid that is not (or no longer) a live process is bad input: exit 2, as for pid 0.
-        print(f"forkmem memory: {exc}", file=sys.stderr)
-        return 2
-    except AccessDenied as exc:
-        print(f"forkmem memory: {exc}", file=sys.stderr)
-        return 1
+    # NoSuchProcess (exit 2) and AccessDenied (exit 1) are reported by the dispatcher.
+    if args.cgroup:
+        return _run_cgroup(args)
+    return _run_processes(args)
 
 
 def read_pid_file(path: str) -> int:
