@@ -16,7 +16,7 @@ import forkmem
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
 # Public modules besides the top level whose own __all__ is part of the API.
-SUBMODULES = ["forkmem.testing", "forkmem.pool", "forkmem.metrics"]
+SUBMODULES = ["forkmem.testing", "forkmem.pool", "forkmem.metrics", "forkmem.recycle"]
 
 
 def _docs_text() -> str:

@@ -47,6 +47,7 @@ from forkmem.hooks import (
     hook_errors,
     run_fork_hooks,
 )
+from forkmem.recycle import RecycleEvent, RecyclePolicy, RecycleStats, recycle_stats
 from forkmem.tree import CowReport, TreeUsage, cow_report, memory_tree
 from forkmem.usage import MemoryUsage, RssBreakdown, memory, rss_breakdown
 from forkmem.warm import WarmupReport, warmup
@@ -100,6 +101,11 @@ __all__ = [
     "gc_paused",
     "hook_errors",
     "run_fork_hooks",
+    # recycling workers by memory
+    "RecycleEvent",
+    "RecyclePolicy",
+    "RecycleStats",
+    "recycle_stats",
     # bytecode cache
     "BytecodeFile",
     "BytecodeReport",

@@ -79,9 +79,6 @@ class _Worker:
 class SupervisedPool(multiprocessing.pool.Pool):
     """A ``multiprocessing.pool.Pool`` that survives killed workers (see the module docstring)."""
 
-    #: Called with (pool, worker pid, notice) when a worker reports it is being recycled.
-    on_recycle: Callable[[SupervisedPool, int, RecycleNotice], None] | None = None
-
     @staticmethod
     def Process(ctx: Any, *args: Any, **kwds: Any) -> Any:
         return ctx.Process(*args, **kwds)
@@ -95,6 +92,7 @@ class SupervisedPool(multiprocessing.pool.Pool):
         context: Any = None,
         *,
         worker_setup: Callable[[WorkerLink, Callable[[], int]], Callable[[], bool]] | None = None,
+        on_recycle: Callable[[SupervisedPool, int, RecycleNotice], None] | None = None,
     ) -> None:
         # The attributes the stdlib's public methods and __del__ use, first (as the stdlib does).
         self._pool: list[Any] = []
@@ -108,6 +106,8 @@ class SupervisedPool(multiprocessing.pool.Pool):
         self._initializer = initializer
         self._initargs = tuple(initargs)
         self._worker_setup = worker_setup
+        # Called with (pool, worker pid, notice) when a worker reports it is being recycled.
+        self.on_recycle = on_recycle
         if processes is None:
             processes = os.cpu_count() or 1
         self._processes = processes

@@ -21,9 +21,15 @@ import struct
 import threading
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from forkmem._units import format_bytes
 from forkmem.errors import ForkmemError, InvalidArgument
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from forkmem._common import MemoryUsage
 
 __all__ = ["PeakMemory", "PeakSlot", "Sampler", "log_peak"]
 
@@ -114,6 +120,8 @@ class Sampler:
     a fork and started in the child samples the child). ``duty_cycle`` is the largest share of
     one CPU spent sampling (``0 < duty_cycle <= 1``); ``min_interval`` is the shortest pause
     between samples, in seconds, so small workers are not sampled needlessly often.
+    ``on_sample`` is called with every sample's :class:`~forkmem.MemoryUsage`, in the sampling
+    thread (a recycle policy acts on it); an exception from it is logged, never raised.
     """
 
     def __init__(
@@ -123,6 +131,7 @@ class Sampler:
         duty_cycle: float = 0.01,
         min_interval: float = 0.1,
         slot: PeakSlot | None = None,
+        on_sample: Callable[[MemoryUsage], None] | None = None,
     ) -> None:
         if isinstance(pid, bool) or (pid is not None and (not isinstance(pid, int) or pid <= 0)):
             raise InvalidArgument(f"pid must be a positive integer or None; got {pid!r}")
@@ -135,6 +144,7 @@ class Sampler:
         self.duty_cycle = float(duty_cycle)
         self.min_interval = float(min_interval)
         self.slot = slot
+        self.on_sample = on_sample
         self._peak_uss = 0
         self._peak_dirty = 0
         self._last_uss = 0
@@ -179,6 +189,11 @@ class Sampler:
             peak = self.peak()
             if peak is not None:
                 self.slot.write(peak)
+        if self.on_sample is not None:
+            try:
+                self.on_sample(usage)
+            except Exception:
+                _logger.exception("sampler: the on_sample callback raised")
         return True
 
     def next_interval(self) -> float:

@@ -29,8 +29,10 @@ from concurrent.futures import ProcessPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 from forkmem._pool import SupervisedPool
+from forkmem._pool_recycle import count_recycle, recycling_setup
 from forkmem.errors import ForkmemWarning, InvalidArgument
 from forkmem.freeze import freeze_around_fork, frozen
+from forkmem.recycle import RecyclePolicy
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable
@@ -222,6 +224,10 @@ def fork_pool(
     unfreeze: bool = True,
     warmup: bool = False,
     sample_memory: bool = False,
+    max_private_memory: str | int | None = None,
+    max_private_memory_hard: str | int | None = None,
+    recycle_measure: str = "uss",
+    recycle_samples: int = 2,
 ) -> multiprocessing.pool.Pool:
     """A :class:`multiprocessing.pool.Pool` whose workers start from a frozen parent heap.
 
@@ -240,6 +246,11 @@ def fork_pool(
       parent under ``"fork"``, in the fork server under ``"forkserver"``).
     - ``sample_memory``: each worker samples its own peak USS and private dirty memory (at most
       1% of one CPU) and logs it on the ``"forkmem"`` logger when it exits.
+    - ``max_private_memory``: recycle by memory (see :mod:`forkmem.recycle`). A worker whose
+      ``recycle_measure`` (USS by default) stays above this size (``"200 MiB"`` or bytes) for
+      ``recycle_samples`` consecutive samples is replaced after its current task; no result is
+      lost. ``max_private_memory_hard`` ends a worker at once (its task fails with
+      :class:`~forkmem.WorkerLost`). Recycles are counted in :func:`forkmem.recycle_stats`.
 
     Under ``"forkserver"`` the freeze runs inside the fork server after its own preloads (put
     the modules your workers share in :func:`multiprocessing.set_forkserver_preload` *before*
@@ -249,27 +260,42 @@ def fork_pool(
     _check_count("processes", processes)
     _check_count("maxtasksperchild", maxtasksperchild)
     _check_flags(unfreeze=unfreeze, warmup=warmup, sample_memory=sample_memory)
+    policy = RecyclePolicy.build(
+        max_private_memory,
+        max_private_memory_hard,
+        measure=recycle_measure,
+        samples=recycle_samples,
+        where="fork_pool()",
+    )
     ctx = _resolve_context(context)
-    init, args = _wrapped_initializer(sample_memory, initializer, initargs)
+    # With a policy, one sampler per worker serves both the policy and sample_memory's log.
+    init, args = _wrapped_initializer(sample_memory and policy is None, initializer, initargs)
+    options: dict[str, Any] = {}
+    if policy is not None:
+        options["worker_setup"] = functools.partial(recycling_setup, policy, 0.01, sample_memory)
+        options["on_recycle"] = count_recycle
     method = _start_method(ctx)
     if method == "spawn":
         _warn_spawn("fork_pool()")
-        return SupervisedPool(processes, init, args, maxtasksperchild, context=ctx)
-    if method == "forkserver":
+        pool: SupervisedPool = SupervisedPool(
+            processes, init, args, maxtasksperchild, context=ctx, **options
+        )
+    elif method == "forkserver":
         _prepare_forkserver(warmup)
-        return _ForkmemPool(processes, init, args, maxtasksperchild, context=ctx)
-    with frozen(unfreeze=unfreeze, warmup=warmup) as report:
-        _bulk.active = True
-        try:
-            pool = _ForkmemPool(processes, init, args, maxtasksperchild, context=ctx)
-        finally:
-            _bulk.active = False
-    _logger.debug(
-        "fork_pool: %d workers started from a frozen heap (%d objects, %.3f s)",
-        len(pool._pool),
-        report.frozen_total,
-        report.seconds,
-    )
+        pool = _ForkmemPool(processes, init, args, maxtasksperchild, context=ctx, **options)
+    else:
+        with frozen(unfreeze=unfreeze, warmup=warmup) as report:
+            _bulk.active = True
+            try:
+                pool = _ForkmemPool(processes, init, args, maxtasksperchild, context=ctx, **options)
+            finally:
+                _bulk.active = False
+        _logger.debug(
+            "fork_pool: %d workers started from a frozen heap (%d objects, %.3f s)",
+            len(pool._pool),
+            report.frozen_total,
+            report.seconds,
+        )
     return pool
 
 

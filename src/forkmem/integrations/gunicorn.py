@@ -26,8 +26,10 @@ from forkmem._disable import disabled
 from forkmem._immortal import unsupported_reason
 from forkmem._sampler import PeakSlot, Sampler, log_peak
 from forkmem.errors import InvalidArgument
+from forkmem.integrations import _gunicorn_recycle as _recycle
 from forkmem.integrations._common import ensure_child_hooks, route_logs, warn_missing_bytecode
 from forkmem.integrations._gunicorn_rehearsal import Request, check_requests, rehearse
+from forkmem.recycle import RecyclePolicy
 
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
@@ -43,6 +45,7 @@ class _Settings:
     sample_memory = True
     duty_cycle = 0.01
     rehearse: tuple[Request, ...] = ()
+    recycle: RecyclePolicy | None = None
 
 
 _settings = _Settings()
@@ -55,6 +58,10 @@ def configure(
     sample_memory: bool = True,
     duty_cycle: float = 0.01,
     rehearse: Sequence[str | Mapping[str, Any]] = (),
+    max_private_memory: str | int | None = None,
+    max_private_memory_hard: str | int | None = None,
+    recycle_measure: str = "uss",
+    recycle_samples: int = 2,
 ) -> None:
     """Change what the hooks do; call it in ``gunicorn.conf.py`` (the master reads the file).
 
@@ -69,7 +76,19 @@ def configure(
     running raise :class:`~forkmem.UnsafeToFork` (see ``docs/integrations/gunicorn.md``).
     ``sample_memory`` samples each worker's peak private memory at most ``duty_cycle`` of one
     CPU, logged at :func:`child_exit`.
+
+    ``max_private_memory`` (``"200 MiB"`` or bytes) recycles a worker whose private memory
+    (``recycle_measure``: USS by default) stays above it for ``recycle_samples`` consecutive
+    samples: it finishes its current request and exits, and the arbiter forks a replacement.
+    ``max_private_memory_hard`` ends a worker at once (``SIGKILL``). See :mod:`forkmem.recycle`.
     """
+    policy = RecyclePolicy.build(
+        max_private_memory,
+        max_private_memory_hard,
+        measure=recycle_measure,
+        samples=recycle_samples,
+        where="configure()",
+    )
     for name, value in (
         ("warmup", warmup),
         ("sample_memory", sample_memory),
@@ -90,6 +109,7 @@ def configure(
     _settings.sample_memory = sample_memory
     _settings.duty_cycle = float(duty_cycle)
     _settings.rehearse = requests
+    _settings.recycle = policy
 
 
 def _immortalize() -> bool:
@@ -154,8 +174,12 @@ def when_ready(server: Any) -> None:
 
 def pre_fork(server: Any, worker: Any) -> None:
     """Master, just before a worker forks: give it a shared slot for its memory peak."""
-    if _settings.sample_memory and not disabled("gunicorn"):
+    if disabled("gunicorn"):
+        return
+    if _settings.sample_memory:
         worker._forkmem_slot = PeakSlot()
+    if _settings.recycle is not None:
+        _recycle.arm(worker)
 
 
 def post_fork(server: Any, worker: Any) -> None:
@@ -164,8 +188,12 @@ def post_fork(server: Any, worker: Any) -> None:
         return
     ensure_child_hooks()
     slot = getattr(worker, "_forkmem_slot", None)
-    if _settings.sample_memory and slot is not None:
-        worker._forkmem_sampler = Sampler(slot=slot, duty_cycle=_settings.duty_cycle).start()
+    policy = _settings.recycle
+    on_sample = _recycle.watch(worker, policy) if policy is not None else None
+    if (_settings.sample_memory and slot is not None) or on_sample is not None:
+        worker._forkmem_sampler = Sampler(
+            slot=slot, duty_cycle=_settings.duty_cycle, on_sample=on_sample
+        ).start()
 
 
 def worker_exit(server: Any, worker: Any) -> None:
@@ -176,7 +204,11 @@ def worker_exit(server: Any, worker: Any) -> None:
 
 
 def child_exit(server: Any, worker: Any) -> None:
-    """Master, after reaping a worker (however it ended): log the worker's peak private memory."""
+    """Master, after reaping a worker (however it ended): log the worker's peak private memory.
+
+    A worker that memory recycling ended is counted in :func:`forkmem.recycle_stats`.
+    """
+    _recycle.collect(worker)
     slot = getattr(worker, "_forkmem_slot", None)
     if slot is None:
         return

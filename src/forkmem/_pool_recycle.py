@@ -1,0 +1,58 @@
+"""Memory recycling for :func:`forkmem.pool.fork_pool` workers (both sides of the pipe).
+
+In the worker: a sampler feeds a :class:`~forkmem.recycle.RecycleMonitor`. Over the soft limit,
+the worker tells the parent (so an idle worker is stopped at once) and leaves after its current
+task; over the hard limit it tells the parent why, then ends itself. In the parent: each notice
+is counted in :func:`forkmem.recycle_stats`.
+"""
+
+from __future__ import annotations
+
+from multiprocessing import util
+from typing import TYPE_CHECKING
+
+from forkmem._pool_worker import RecycleNotice
+from forkmem._sampler import Sampler
+from forkmem.recycle import RecycleEvent, RecycleMonitor, RecyclePolicy, record_recycle
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from forkmem._pool import SupervisedPool
+    from forkmem._pool_worker import WorkerLink
+
+__all__ = ["count_recycle", "recycling_setup"]
+
+
+def recycling_setup(
+    policy: RecyclePolicy,
+    duty_cycle: float,
+    log_peak: bool,
+    link: WorkerLink,
+    served: Callable[[], int],
+) -> Callable[[], bool]:
+    """Start the worker's sampler and monitor; returns "leave after this task?"."""
+
+    def tell_parent(event: RecycleEvent) -> None:
+        link.send(("recycle", RecycleNotice(event.kind == "hard", event.reason, event)))
+
+    def end_now(event: RecycleEvent) -> None:
+        tell_parent(event)
+        RecycleMonitor.end_worker(event)
+
+    monitor = RecycleMonitor(
+        policy, integration="pool", served=served, on_soft=tell_parent, on_hard=end_now
+    )
+    sampler = Sampler(duty_cycle=duty_cycle, on_sample=monitor.observe).start()
+    if log_peak:
+        # Pool workers leave through os._exit: multiprocessing's finalizers still run.
+        util.Finalize(
+            sampler, sampler.stop_and_log, kwargs={"label": "pool worker"}, exitpriority=10
+        )
+    return lambda: monitor.retiring
+
+
+def count_recycle(pool: SupervisedPool, pid: int, notice: RecycleNotice) -> None:
+    """The parent's side: count the worker's decision (the worker logged it)."""
+    if isinstance(notice.payload, RecycleEvent):
+        record_recycle(notice.payload)
