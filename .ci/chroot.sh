@@ -87,7 +87,7 @@ enter() {
   local keep=() v
   for v in CI TERM PIP_DEFAULT_TIMEOUT PIP_DISABLE_PIP_VERSION_CHECK PIP_INDEX_URL PIP_EXTRA_INDEX_URL \
            HTTP_PROXY HTTPS_PROXY NO_PROXY http_proxy https_proxy no_proxy PYTHONDONTWRITEBYTECODE \
-           FORKMEM_SAFETY_CHILDREN FORKMEM_SAFETY_ROUNDS; do
+           FORKMEM_SAFETY_FORKS FORKMEM_SAFETY_REPEATS; do
     [ -n "${!v+x}" ] && keep+=("$v=${!v}")
   done
   chroot "$ROOT" /usr/bin/env -i HOME=/root PATH="$TOX_VENV/bin:/usr/local/bin:/usr/bin:/bin" \

@@ -72,8 +72,9 @@ PREPARATIONS: list[tuple[str, Callable[[], object]]] = [
     ("no freeze", _prepare_nothing),
     ("frozen()", _prepare_frozen),
 ]
-# warmup(immortalize=True) only where forkmem can immortalize (CPython 3.12/3.13, GIL build).
-if sys.version_info[:2] in ((3, 12), (3, 13)):
+# warmup(immortalize=True) only where forkmem can immortalize (CPython 3.12+, GIL build; the
+# runtime check probes the interpreter).
+if sys.version_info >= (3, 12):
     from forkmem._immortal import unsupported_reason
 
     if unsupported_reason() is None:

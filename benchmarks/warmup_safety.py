@@ -33,7 +33,7 @@ graphlib gzip hashlib heapq hmac html html.parser http http.client http.cookies 
 imaplib importlib importlib.metadata importlib.resources inspect io ipaddress itertools json
 keyword linecache locale logging logging.handlers lzma mailbox marshal math mimetypes mmap
 modulefinder multiprocessing netrc numbers opcode operator optparse pathlib pdb pickle
-pickletools pkgutil platform plistlib poplib pprint profile pstats queue quopri random re reprlib
+pickletools pkgutil platform plistlib poplib pprint cProfile pstats queue quopri random re reprlib
 rlcompleter runpy sched secrets select selectors shelve shlex shutil signal smtplib socket
 socketserver sqlite3 ssl stat statistics string stringprep struct subprocess symtable sysconfig
 tabnanny tarfile tempfile textwrap threading timeit token tokenize trace traceback tracemalloc

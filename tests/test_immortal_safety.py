@@ -19,15 +19,9 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = [
-    pytest.mark.linux_only,
-    pytest.mark.skipif(
-        sys.implementation.name != "cpython"
-        or sys.version_info[:2] not in ((3, 12), (3, 13))
-        or hasattr(sys, "gettotalrefcount"),
-        reason="immortalization runs on CPython 3.12/3.13 release builds only",
-    ),
-]
+from _immortal_runtime import needs_immortal
+
+pytestmark = [pytest.mark.linux_only, needs_immortal]
 
 TIMEOUT = 120.0
 SAFETY_SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "warmup_safety.py"
@@ -171,6 +165,28 @@ def test_interned_strings_and_repeat_calls(dev: bool) -> None:
         more = {"k%d" % i: i for i in range(1000)}
         second = forkmem.warmup(immortalize=True)
         assert 0 < second.immortalized < first.immortalized
+        print("ok")
+        """,
+        dev=dev,
+    )
+    assert out.strip() == "ok"
+
+
+@dev_modes
+def test_strings_interned_after_warmup(dev: bool) -> None:
+    # 3.13+ intern an already-immortal str as "interned immortal", and at shutdown make such
+    # strings mortal again and free them with the interned dict, while immortal containers
+    # still point at them. Shutdown must stay clean all the same.
+    out = run_clean(
+        """
+        import sys, forkmem
+        late = ["".join(["late", str(i)]) for i in range(3000)]
+        holders = [{s: [s, (s,)]} for s in late]
+        forkmem.warmup(immortalize=True)
+        interned = [sys.intern(s) for s in late]
+        assert all(a is b for a, b in zip(late, interned))
+        assert all(sys.intern("".join(["late", str(i)])) is late[i] for i in range(3000))
+        assert all(next(iter(h)) is s for h, s in zip(holders, interned))
         print("ok")
         """,
         dev=dev,

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 import forkmem
+from _immortal_runtime import IMMORTAL_FLAGS, IMMORTAL_SUPPORTED, IMMORTAL_WORD, needs_immortal
 from forkmem.errors import InvalidArgument, UnsupportedRuntime
 
 if TYPE_CHECKING:
@@ -31,12 +32,6 @@ if TYPE_CHECKING:
 pytestmark = pytest.mark.linux_only
 
 TIMEOUT = 60.0
-IMMORTAL_SUPPORTED = (
-    sys.implementation.name == "cpython"
-    and sys.version_info[:2] in ((3, 12), (3, 13))
-    and not hasattr(sys, "gettotalrefcount")
-)
-needs_immortal = pytest.mark.skipif(not IMMORTAL_SUPPORTED, reason="needs CPython 3.12/3.13")
 GLIBC = platform.libc_ver()[0] == "glibc"
 
 
@@ -254,17 +249,22 @@ def test_immortalize_unsupported_raises_before_changing_anything() -> None:
 def test_immortalize_report_and_refcounts() -> None:
     proc = run_python(
         """
-        import json, sys, forkmem
+        import ctypes, json, sys, forkmem
         data = {"k%d" % i: ["v%d" % i, (i, str(i))] for i in range(1000)}
         class Config:
             def method(self): return "const-in-code"
         cfg = Config()
         before = sys.getrefcount(data)
         report = forkmem.warmup(immortalize=True)
-        after = [sys.getrefcount(o) for o in (data, data["k5"], data["k5"][1], cfg, Config,
-                 Config.method, Config.method.__code__, next(iter(data)))]
+        objs = (data, data["k5"], data["k5"][1], cfg, Config, Config.method,
+                Config.method.__code__, next(iter(data)))
+        # The header's first word, read directly: low half the count, high half untouched.
+        after = [ctypes.c_uint64.from_address(id(o)).value for o in objs]
+        is_immortal = getattr(sys, "_is_immortal", None)
+        flagged = None if is_immortal is None else [is_immortal(o) for o in objs]
         new = []
-        print(json.dumps({"before": before, "after": after, "new": sys.getrefcount(new),
+        print(json.dumps({"before": before, "after": after, "flagged": flagged,
+                          "new": sys.getrefcount(new),
                           "immortalized": report.immortalized, "bytes": report.immortalized_bytes,
                           "skipped": dict(report.skipped), "steps_skipped": report.steps_skipped,
                           "seconds": sorted(report.seconds)}))
@@ -274,7 +274,11 @@ def test_immortalize_report_and_refcounts() -> None:
     assert proc.stderr == ""
     r = json.loads(proc.stdout)
     assert r["before"] < 10
-    assert r["after"] == [2**32 - 1] * 8
+    assert [word & 0xFFFF_FFFF for word in r["after"]] == [IMMORTAL_WORD] * 8
+    # 3.14+: _Py_IMMORTAL_FLAGS (ob_flags bit 0), which the eval loop reads; nothing else.
+    assert [word >> 32 for word in r["after"]] == [IMMORTAL_FLAGS] * 8
+    if sys.version_info >= (3, 14):
+        assert r["flagged"] == [True] * 8  # sys._is_immortal agrees
     assert r["new"] < 10  # objects made after warmup are ordinary
     assert r["immortalized"] > 3000
     assert r["bytes"] > 100 * r["immortalized"] // 2

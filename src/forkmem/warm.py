@@ -2,7 +2,7 @@
 
 The steps, in order: a full collection; precomputing the hash of every reachable str (the first
 ``hash()`` of a str writes into it, which would otherwise happen in every child); optionally
-making every live object immortal (CPython 3.12/3.13), so no child ever writes a reference count;
+making every live object immortal (CPython 3.12+), so no child ever writes a reference count;
 ``malloc_trim(0)``; and ``gc.freeze()``, so no child's collector touches the survivors.
 """
 
@@ -69,7 +69,7 @@ def warmup(
     """Prepare the current process's heap to be shared by forked children; call it once.
 
     Runs a full ``gc.collect()``, precomputes str hashes (``hash_strings``), makes every live
-    object immortal (``immortalize``, CPython 3.12/3.13 only), calls glibc's ``malloc_trim(0)``
+    object immortal (``immortalize``, CPython 3.12+), calls glibc's ``malloc_trim(0)``
     (``trim``), then ``gc.freeze()``. Objects frozen by an earlier ``gc.freeze()`` are unfrozen
     first and go through the same steps.
 
@@ -82,8 +82,9 @@ def warmup(
     Args:
         immortalize: make every object alive now immortal, so children never write their
             reference counts. Raises :class:`~forkmem.errors.UnsupportedRuntime` (a
-            ``NotImplementedError``) anywhere but 64-bit little-endian CPython 3.12/3.13 with
-            the GIL, before changing anything.
+            ``NotImplementedError``) before changing anything unless the interpreter is a
+            64-bit little-endian CPython 3.12+ release build with the GIL whose object header
+            the runtime probe recognises (tested on 3.12, 3.13, 3.14 and 3.15).
         hash_strings: compute the hash of every str a live object refers to.
         trim: call ``malloc_trim(0)`` where glibc provides it.
 
