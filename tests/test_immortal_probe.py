@@ -19,6 +19,7 @@ import forkmem
 from _forking import run_forked
 from _immortal_runtime import IMMORTAL_FLAGS, IMMORTAL_WORD, needs_immortal
 from forkmem import _immortal
+from forkmem import _object_header as header
 from forkmem.errors import UnsupportedRuntime
 
 if TYPE_CHECKING:
@@ -28,13 +29,13 @@ pytestmark = [pytest.mark.linux_only, needs_immortal]
 
 
 def _fresh_probe() -> None:
-    _immortal._layout = None
+    header._layout = None
 
 
 def _refusal() -> dict[str, object]:
     """After faking something in this child: the reason, and that warmup refused untouched."""
     _fresh_probe()
-    reason = _immortal.unsupported_reason()
+    reason = header.unsupported_reason()
     frozen = gc.get_freeze_count()
     try:
         forkmem.warmup(immortalize=True)
@@ -45,8 +46,8 @@ def _refusal() -> dict[str, object]:
 
 def test_probe_finds_the_runtimes_own_value() -> None:
     def child() -> list[object]:
-        found = _immortal.check_runtime()
-        return [found.immortal, found.flags, _immortal.hash_view() is not None]
+        found = header.check_runtime()
+        return [found.immortal, found.flags, header.hash_view() is not None]
 
     assert run_forked(child) == [IMMORTAL_WORD, IMMORTAL_FLAGS, True]
 
@@ -56,8 +57,8 @@ def test_set_immortal_agrees_with_the_probe_where_it_exists() -> None:
         pytest.skip("PyUnstable_SetImmortal arrived in CPython 3.15")
 
     def child() -> list[object]:
-        view = _immortal.check_runtime().view
-        return list(_immortal._runtime_immortal_value(view) or ())
+        view = header.check_runtime().view
+        return list(header._runtime_immortal_value(view) or ())
 
     assert run_forked(child) == [IMMORTAL_WORD, IMMORTAL_FLAGS]
 
@@ -65,15 +66,15 @@ def test_set_immortal_agrees_with_the_probe_where_it_exists() -> None:
 def _counted_values() -> None:
     # 3.12/3.13 count 3 << 30 up; every runtime counts a small positive value.
     value = 0x1234_5678 if sys.version_info >= (3, 14) else 3 << 30
-    _immortal._CANDIDATES = ((value, 0),)
+    header._CANDIDATES = ((value, 0),)
 
 
 def _disagreeing_set_immortal() -> None:
-    _immortal._runtime_immortal_value = lambda view: (0x9000_0000, 0)
+    header._runtime_immortal_value = lambda view: (0x9000_0000, 0)
 
 
 def _unrecognised_header() -> None:
-    _immortal.address_view = lambda: None
+    header.address_view = lambda: None
 
 
 def _debug_build() -> None:
@@ -112,12 +113,12 @@ def test_the_flag_the_eval_loop_reads_is_needed_from_3_14() -> None:
         pytest.skip("3.12/3.13 have no ob_flags")
 
     def child() -> list[object]:
-        view = _immortal.check_runtime().view
+        view = header.check_runtime().view
         # Without _Py_IMMORTAL_FLAGS the loop drops references it took over with an unchecked
         # DECREF: the count moves, and the probe must see it.
         return [
-            _immortal._left_alone(view, 3 << 30, 0),
-            _immortal._left_alone(view, 3 << 30, 1 << 16),
+            header._left_alone(view, 3 << 30, 0),
+            header._left_alone(view, 3 << 30, 1 << 16),
         ]
 
     assert run_forked(child) == [False, True]
@@ -125,11 +126,11 @@ def test_the_flag_the_eval_loop_reads_is_needed_from_3_14() -> None:
 
 def test_hash_view_off_when_the_hash_is_not_where_expected() -> None:
     def child() -> list[object]:
-        _immortal._HASH_WORD = 4  # the length field, not the hash
-        _immortal._hash_probed = False
+        header.HASH_WORD = 4  # the length field, not the hash
+        header._hash_probed = False
         s = "".join(["not", "hashed", "yet"])
-        hashed = _immortal._hash_unhashed(_immortal.hash_view(), [s])
-        return [_immortal.hash_view() is None, hashed]
+        hashed = _immortal._hash_unhashed(header.hash_view(), [s])
+        return [header.hash_view() is None, hashed]
 
     # Without the view every str is hashed (cheap when cached), never a wrong word read.
     assert run_forked(child) == [True, 1]
