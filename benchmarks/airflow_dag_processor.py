@@ -7,9 +7,12 @@ each variant for ``--seconds`` with ``parsing_processes=2``:
 - ``stock``: ``airflow dag-processor`` as shipped (Airflow's own bare ``gc.freeze()``).
 - ``off``: forkmem's entrypoint with ``--forkmem-no-freeze``: stock behaviour, plus each parse
   child measuring itself as it exits (the baseline for the parse-child figures).
-- ``freeze``: full collection, then freeze (forkmem's default).
+- ``freeze``: ``--forkmem-plain``: full collection, then freeze.
 - ``warmup``: ``forkmem.warmup()`` (str hashes, malloc_trim, freeze).
 - ``immortalize``: ``forkmem.warmup(immortalize=True)`` (CPython 3.12/3.13 only).
+- ``rehearse``: immortalize, plus the parse rehearsal.
+- ``default``: the entrypoint with no flags: the best mode this runtime supports (immortalize
+  where it can, rehearsal, fork server).
 
 Printed per variant: the process tree's PSS (``forkmem.memory_tree``, sampled), peak and mean
 over the parsing phase; parse-child private memory (USS) at exit, median and max, from each
@@ -55,11 +58,11 @@ time.sleep({sleep})  # stands for a DAG file that takes this long to parse
 VARIANTS: dict[str, list[str]] = {
     "stock": [sys.executable, "-m", "airflow", "dag-processor"],
     "off": ["--forkmem-no-freeze"],
-    "freeze": [],
-    "warmup": ["--forkmem-warmup"],
-    "immortalize": ["--forkmem-immortalize"],
-    "rehearse": ["--forkmem-immortalize", "--forkmem-rehearse"],
-    "server": ["--forkmem-immortalize", "--forkmem-rehearse", "--forkmem-fork-server"],
+    "freeze": ["--forkmem-plain"],
+    "warmup": ["--forkmem-plain", "--forkmem-warmup"],
+    "immortalize": ["--forkmem-plain", "--forkmem-immortalize"],
+    "rehearse": ["--forkmem-plain", "--forkmem-immortalize", "--forkmem-rehearse"],
+    "default": [],
 }
 
 
@@ -221,7 +224,8 @@ def main() -> int:
     )
     default = ["stock", "off", "freeze", "warmup"]
     if sys.version_info[:2] in ((3, 12), (3, 13)):
-        default += ["immortalize", "rehearse", "server"]
+        default += ["immortalize", "rehearse"]
+    default.append("default")
     parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=default)
     parser.add_argument("--keep", metavar="DIR", help="work in DIR and keep logs and stats")
     args = parser.parse_args()

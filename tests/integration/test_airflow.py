@@ -108,6 +108,65 @@ def test_immortalize_refused_before_airflow_starts_where_unsupported() -> None:
             fa_cli.check_immortalize(opts)
 
 
+NO_FLAGS: dict[str, Any] = dict.fromkeys(
+    ("freeze", "warmup", "immortalize", "measure_children", "rehearse", "fork_server")
+)
+
+
+def test_no_flags_mean_the_best_mode_this_runtime_supports() -> None:
+    from forkmem._immortal import unsupported_reason
+
+    opts, skipped = fa_cli.best_options(NO_FLAGS, environ={})
+    assert opts.warmup
+    assert opts.rehearse
+    assert opts.fork_server is sys.platform.startswith("linux")
+    if unsupported_reason() is None:
+        assert opts.mode == "immortalize"
+    else:
+        assert opts.mode == "warmup"
+        assert skipped[0].startswith("immortalize: ")
+
+
+def test_the_best_mode_names_what_it_skipped(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(fa_cli, "unsupported_reason", lambda: "not on this interpreter")
+    opts, skipped = fa_cli.best_options(NO_FLAGS, environ={})
+    assert opts.mode == "warmup"
+    assert opts.rehearse
+    assert skipped[0] == "immortalize: not on this interpreter"
+    assert fa_cli.describe(opts).startswith("warmup + rehearse")
+
+
+@pytest.mark.parametrize(
+    ("flags", "environ", "plain", "expected"),
+    [
+        ({}, {}, True, ("freeze", False, False)),
+        ({"rehearse": True}, {}, True, ("freeze", True, False)),
+        ({"fork_server": False}, {}, False, ("immortalize", True, False)),
+        ({"warmup": False}, {}, False, ("freeze", True, True)),
+        ({}, {"FORKMEM_AIRFLOW_WARMUP": "0"}, False, ("freeze", True, True)),
+        ({}, {"FORKMEM_AIRFLOW_REHEARSE": "off"}, False, ("immortalize", False, True)),
+        ({"immortalize": False}, {}, False, ("warmup", True, True)),
+        ({"freeze": False}, {}, False, ("off", False, False)),
+    ],
+)
+def test_flags_and_variables_win_over_the_best_mode(
+    flags: dict[str, Any], environ: dict[str, str], plain: bool, expected: tuple[str, bool, bool]
+) -> None:
+    if fa_cli.unsupported_reason() is not None or not sys.platform.startswith("linux"):
+        pytest.skip("the expected modes assume CPython 3.12/3.13 on Linux")
+    opts, skipped = fa_cli.best_options({**NO_FLAGS, **flags}, plain=plain, environ=environ)
+    assert (opts.mode, opts.rehearse, opts.fork_server) == expected
+    assert skipped == ()
+
+
+def test_stock_arguments_drop_forkmem_options() -> None:
+    given = [
+        "dag-processor", "--forkmem-plain", "-n", "3", "--forkmem-stats-file", "s.jsonl",
+        "--forkmem-preimport=a,b", "--forkmem-no-rehearse", "--bundle-name", "dags",
+    ]  # fmt: skip
+    assert fa_cli.stock_arguments(given) == ["dag-processor", "-n", "3", "--bundle-name", "dags"]
+
+
 def test_preimport_imports_before_the_freeze(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delitem(sys.modules, "colorsys", raising=False)
     opts = fa.AirflowOptions(
@@ -442,7 +501,7 @@ def _run_dag_processor(
 @pytest.mark.linux_only
 @pytest.mark.timeout(400)
 def test_dag_processor_parses_and_measures(airflow_home: dict[str, str], tmp_path: Path) -> None:
-    setup, children, log = _run_dag_processor(airflow_home, tmp_path / "freeze")
+    setup, children, log = _run_dag_processor(airflow_home, tmp_path / "freeze", "--forkmem-plain")
     assert len(setup) == 1, log[-3000:]
     assert setup[0]["mode"] == "freeze"
     assert setup[0]["frozen"] > 10_000  # Airflow's manager holds far more objects than that
@@ -509,20 +568,16 @@ def test_immortalized_manager_children_copy_less(
 
 
 @_immortalizing_airflow_test
-def test_fork_server_children_are_the_managers_and_copy_least(
+def test_no_flags_fork_server_children_are_the_managers_and_copy_least(
     airflow_home: dict[str, str], stock_children: list[dict[str, Any]], tmp_path: Path
 ) -> None:
     stock = stock_children
     watched: dict[int, int] = {}
-    setup, served, log = _run_dag_processor(
-        airflow_home,
-        tmp_path / "server",
-        "--forkmem-immortalize",
-        "--forkmem-rehearse",
-        "--forkmem-fork-server",
-        watch=watched,
-    )
+    # No flags: the best mode this runtime supports is immortalize + rehearse + fork server.
+    setup, served, log = _run_dag_processor(airflow_home, tmp_path / "server", watch=watched)
     assert setup, log[-3000:]
+    assert setup[0]["mode"] == "immortalize", log[-3000:]
+    assert "skipped" not in log
     assert setup[0]["fork_server"] is True, log[-3000:]
     assert setup[0]["rehearsal_seconds"] is not None, log[-3000:]
     events = _records(tmp_path / "server" / "stats.jsonl", "fork_server")
@@ -550,3 +605,19 @@ def test_fork_server_children_are_the_managers_and_copy_least(
         _median_private(served) / MiB,
         _median_private(stock) / MiB,
     )
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(120)
+def test_forkmem_disable_runs_stock_airflow(airflow_home: dict[str, str]) -> None:
+    env = dict(airflow_home, FORKMEM_DISABLE="1")
+    proc = subprocess.run(
+        [sys.executable, "-m", "forkmem.integrations.airflow", "dag-processor", "--forkmem-plain",
+         "--help"],
+        env=env, capture_output=True, text=True, timeout=100,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert "the airflow integration does nothing" in proc.stderr
+    # Airflow's own parser answered: it knows nothing of forkmem's options.
+    assert "--num-runs" in proc.stdout
+    assert "--forkmem" not in proc.stdout

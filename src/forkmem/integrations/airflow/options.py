@@ -11,9 +11,9 @@ from forkmem.errors import InvalidArgument
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
-__all__ = ["AirflowOptions", "ParseChildMemory", "parse_bool", "split_modules"]
+__all__ = ["ENV_PREFIX", "AirflowOptions", "ParseChildMemory", "parse_bool", "split_modules"]
 
-_ENV_PREFIX = "FORKMEM_AIRFLOW_"
+ENV_PREFIX = "FORKMEM_AIRFLOW_"
 _TRUE = frozenset({"1", "true", "yes", "on"})
 _FALSE = frozenset({"0", "false", "no", "off", ""})
 
@@ -116,13 +116,13 @@ class AirflowOptions:
         env = os.environ if environ is None else environ
         values: dict[str, Any] = {}
         for name in _BOOL_FIELDS:
-            key = _ENV_PREFIX + name.upper()
+            key = ENV_PREFIX + name.upper()
             if key in env:
                 values[name] = parse_bool(key, env[key])
-        stats = env.get(_ENV_PREFIX + "STATS_FILE")
+        stats = env.get(ENV_PREFIX + "STATS_FILE")
         if stats:
             values["stats_file"] = stats
-        preimport = env.get(_ENV_PREFIX + "PREIMPORT")
+        preimport = env.get(ENV_PREFIX + "PREIMPORT")
         if preimport:
             values["preimport"] = split_modules(preimport)
         unknown = set(overrides) - set(cls.__dataclass_fields__)
