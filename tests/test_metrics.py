@@ -137,3 +137,35 @@ def test_export_needs_a_target() -> None:
     with pytest.raises(SystemExit) as exc:
         main(["export"])
     assert exc.value.code == 2
+
+
+def test_start_exporter_serves_this_tree_and_stops() -> None:
+    from forkmem._exporter import start_exporter
+
+    exporter = start_exporter("127.0.0.1:0")
+    try:
+        with urllib.request.urlopen(exporter.url, timeout=10) as resp:
+            body = resp.read().decode()
+        assert f'pid="{os.getpid()}",role="root"' in body
+        assert f'pid="{exporter.pid}"' not in body  # it leaves itself out
+    finally:
+        exporter.close()
+    assert exporter.proc.returncode is not None
+
+
+def test_start_exporter_on_a_busy_port_is_a_typed_error() -> None:
+    from forkmem._exporter import start_exporter
+
+    server = metrics.serve_metrics(listen="127.0.0.1:0")
+    try:
+        with pytest.raises(forkmem.InvalidArgument, match="exited with status 2"):
+            start_exporter(f"127.0.0.1:{server.port}")
+    finally:
+        server.close()
+
+
+def test_integrations_validate_the_metrics_address() -> None:
+    from forkmem.integrations import gunicorn
+
+    with pytest.raises(forkmem.InvalidArgument):
+        gunicorn.configure(metrics="nowhere")

@@ -13,10 +13,10 @@ suffix, ``_total`` for counters; per-process series carry ``pid``, ``role`` (``r
 
 from __future__ import annotations
 
-import ipaddress
 from typing import TYPE_CHECKING
 
 from forkmem import _snapshot
+from forkmem._exporter import parse_listen
 from forkmem.errors import InvalidArgument, MissingDependency, NoSuchProcess
 
 try:
@@ -97,22 +97,6 @@ class TreeCollector:
         )
         count.add_metric(root, len(sample.processes))
         yield count
-
-
-def parse_listen(address: str) -> tuple[str, int]:
-    """``"HOST:PORT"`` (``"[::1]:9464"``, ``":9464"`` for loopback) as ``(host, port)``."""
-    host, sep, port_text = address.rpartition(":")
-    if not sep or not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
-        raise InvalidArgument(f"listen address must be HOST:PORT, not {address!r}")
-    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
-    if not host:
-        host = "127.0.0.1"  # never open a port to the network unless asked
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        if host != "localhost":
-            raise InvalidArgument(f"listen address needs an IP address, not {host!r}") from None
-    return host, int(port_text)
 
 
 class MetricsServer:

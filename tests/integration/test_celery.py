@@ -156,3 +156,37 @@ def test_install_rejects_bad_arguments(args: tuple[Any, ...], kwargs: dict[str, 
 
     with pytest.raises(InvalidArgument):
         install(*args, **kwargs)
+
+
+def test_metrics_from_the_environment_cover_the_pool(tmp_path: Path) -> None:
+    pytest.importorskip("prometheus_client")
+    import socket
+    import urllib.request
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    data, pid_dir, log = tmp_path / "broker", tmp_path / "pids", tmp_path / "worker.log"
+    os.environ["FORKMEM_METRICS"] = f"127.0.0.1:{port}"
+    try:
+        with _worker(data, pid_dir, log) as proc:
+            deadline = time.monotonic() + 30
+            while len(children := _pool_children(proc)) < CONCURRENCY + 1:  # + the exporter
+                assert time.monotonic() < deadline, log.read_text()
+                time.sleep(0.2)
+            children = {p for p in children if "export" not in psutil.Process(p).cmdline()}
+            deadline = time.monotonic() + 30
+            text = ""
+            while time.monotonic() < deadline:
+                with contextlib.suppress(OSError):
+                    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+                        text = r.read().decode()
+                    if all(f'pid="{pid}"' in text for pid in children):
+                        break
+                time.sleep(0.3)
+    finally:
+        del os.environ["FORKMEM_METRICS"]
+    assert f'forkmem_tree_pss_bytes{{root="{proc.pid}"}}' in text, log.read_text()
+    pool = [pid for pid in children if f'pid="{pid}",role="child"' in text]
+    assert len(pool) >= CONCURRENCY, text
+    assert "serving Celery metrics at" in log.read_text()

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import logging
+import os
 
+from forkmem._exporter import Exporter, start_exporter
+from forkmem.errors import ForkmemError
 from forkmem.forkinfo import fork_info
 from forkmem.hooks import run_fork_hooks
 
-__all__ = ["ensure_child_hooks", "route_logs", "warn_missing_bytecode"]
+__all__ = ["ensure_child_hooks", "route_logs", "start_metrics", "warn_missing_bytecode"]
 
 _logger = logging.getLogger("forkmem")
 
@@ -46,3 +49,23 @@ def warn_missing_bytecode() -> None:
         warn_if_missing_bytecode()
     except Exception:  # a diagnostic must never stop a server from starting
         _logger.debug("forkmem: bytecode check failed", exc_info=True)
+
+
+def start_metrics(listen: str | None, server: str) -> Exporter | None:
+    """Serve Prometheus metrics for this process's tree on ``listen`` (the ``metrics=``
+    option), from a ``forkmem export`` process beside it. A failure is logged, never raised:
+    metrics are not worth a server that does not start. ``FORKMEM_METRICS`` in the environment
+    stands in for a missing ``listen``."""
+    if listen is None:
+        listen = os.environ.get("FORKMEM_METRICS") or None
+    if listen is None:
+        return None
+    try:
+        exporter = start_exporter(listen)
+    except ForkmemError as exc:
+        _logger.error("forkmem: no metrics for the %s tree: %s", server, exc)
+        return None
+    _logger.info(
+        "forkmem: serving %s metrics at %s (exporter pid %d)", server, exporter.url, exporter.pid
+    )
+    return exporter

@@ -26,9 +26,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from forkmem._disable import disabled
+from forkmem._exporter import Exporter, parse_listen
 from forkmem._sampler import Sampler
 from forkmem.errors import InvalidArgument
-from forkmem.integrations._common import ensure_child_hooks, warn_missing_bytecode
+from forkmem.integrations._common import ensure_child_hooks, start_metrics, warn_missing_bytecode
 
 __all__ = ["install"]
 
@@ -41,6 +42,7 @@ class _Options:
     immortalize: bool
     sample_memory: bool
     duty_cycle: float
+    metrics: str | None = None
 
 
 _apps: weakref.WeakKeyDictionary[Any, _Options] = weakref.WeakKeyDictionary()
@@ -49,6 +51,7 @@ _connect_lock = threading.Lock()
 # Set in the main process when it froze; a forked child inherits it (and its options).
 _frozen_with: _Options | None = None
 _sampler: Sampler | None = None
+_exporter: Exporter | None = None
 
 
 def install(
@@ -58,6 +61,7 @@ def install(
     immortalize: bool = False,
     sample_memory: bool = True,
     duty_cycle: float = 0.01,
+    metrics: str | None = None,
 ) -> None:
     """Apply forkmem to the prefork pool of Celery ``app``'s workers. Call it where the app is made.
 
@@ -78,6 +82,8 @@ def install(
         raise InvalidArgument("install(immortalize=True) needs warmup=True")
     if not isinstance(duty_cycle, (int, float)) or not 0 < duty_cycle <= 1:
         raise InvalidArgument(f"install(duty_cycle=...) must be in (0, 1]; got {duty_cycle!r}")
+    if metrics is not None:
+        parse_listen(metrics)
     try:
         from celery import Celery, signals
     except ImportError as exc:
@@ -88,7 +94,7 @@ def install(
         raise InvalidArgument(f"install() takes a celery.Celery app; got {app!r}")
     if disabled("celery"):
         return
-    _apps[app] = _Options(warmup, immortalize, sample_memory, float(duty_cycle))
+    _apps[app] = _Options(warmup, immortalize, sample_memory, float(duty_cycle), metrics)
     with _connect_lock:
         if _connected:
             return
@@ -109,7 +115,7 @@ def install(
 
 
 def _freeze_once(options: _Options) -> None:
-    global _frozen_with
+    global _frozen_with, _exporter
     if _frozen_with is not None:
         return
     from forkmem.freeze import frozen
@@ -123,6 +129,8 @@ def _freeze_once(options: _Options) -> None:
         report.frozen_total,
         report.seconds,
     )
+    if _exporter is None:
+        _exporter = start_metrics(options.metrics, "Celery")
 
 
 def _on_after_setup(sender: Any = None, instance: Any = None, **kwargs: Any) -> None:

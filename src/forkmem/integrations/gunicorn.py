@@ -23,11 +23,17 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from forkmem._disable import disabled
+from forkmem._exporter import Exporter, parse_listen
 from forkmem._immortal import unsupported_reason
 from forkmem._sampler import PeakSlot, Sampler, log_peak
 from forkmem.errors import InvalidArgument
 from forkmem.integrations import _gunicorn_recycle as _recycle
-from forkmem.integrations._common import ensure_child_hooks, route_logs, warn_missing_bytecode
+from forkmem.integrations._common import (
+    ensure_child_hooks,
+    route_logs,
+    start_metrics,
+    warn_missing_bytecode,
+)
 from forkmem.integrations._gunicorn_rehearsal import Request, check_requests, rehearse
 from forkmem.recycle import RecyclePolicy
 
@@ -46,6 +52,8 @@ class _Settings:
     duty_cycle = 0.01
     rehearse: tuple[Request, ...] = ()
     recycle: RecyclePolicy | None = None
+    metrics: str | None = None
+    exporter: Exporter | None = None
 
 
 _settings = _Settings()
@@ -62,6 +70,7 @@ def configure(
     max_private_memory_hard: str | int | None = None,
     recycle_measure: str = "uss",
     recycle_samples: int = 2,
+    metrics: str | None = None,
 ) -> None:
     """Change what the hooks do; call it in ``gunicorn.conf.py`` (the master reads the file).
 
@@ -81,6 +90,9 @@ def configure(
     (``recycle_measure``: USS by default) stays above it for ``recycle_samples`` consecutive
     samples: it finishes its current request and exits, and the arbiter forks a replacement.
     ``max_private_memory_hard`` ends a worker at once (``SIGKILL``). See :mod:`forkmem.recycle`.
+    ``metrics="127.0.0.1:9464"`` serves Prometheus metrics for the master and its workers
+    there (the ``metrics`` extra), from a ``forkmem export`` process the master starts in
+    :func:`when_ready`.
     """
     policy = RecyclePolicy.build(
         max_private_memory,
@@ -102,6 +114,8 @@ def configure(
     if immortalize and not warmup:
         raise InvalidArgument("configure(immortalize=True) needs warmup=True")
     requests = check_requests("configure(rehearse)", rehearse)
+    if metrics is not None:
+        parse_listen(metrics)
     if not isinstance(duty_cycle, (int, float)) or not 0 < duty_cycle <= 1:
         raise InvalidArgument(f"configure(duty_cycle=...) must be in (0, 1]; got {duty_cycle!r}")
     _settings.warmup = warmup
@@ -110,6 +124,7 @@ def configure(
     _settings.duty_cycle = float(duty_cycle)
     _settings.rehearse = requests
     _settings.recycle = policy
+    _settings.metrics = metrics
 
 
 def _immortalize() -> bool:
@@ -170,6 +185,8 @@ def when_ready(server: Any) -> None:
         getattr(server, "pid", "?"),
         report.seconds,
     )
+    if _settings.exporter is None:
+        _settings.exporter = start_metrics(_settings.metrics, "gunicorn")
 
 
 def pre_fork(server: Any, worker: Any) -> None:

@@ -1,0 +1,109 @@
+"""A real gunicorn serving forkmem's Prometheus metrics with ``configure(metrics=...)``."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+import forkmem
+
+pytest.importorskip("gunicorn")
+pytest.importorskip("prometheus_client")
+from prometheus_client.parser import text_string_to_metric_families
+
+pytestmark = [pytest.mark.integration, pytest.mark.linux_only, pytest.mark.timeout(120)]
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+MIB = 1024 * 1024
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _get(url: str) -> str:
+    with urllib.request.urlopen(url, timeout=10) as resp:
+        return str(resp.read().decode())
+
+
+def test_gunicorn_master_serves_its_workers_metrics(tmp_path: Path) -> None:
+    port, metrics_port = _free_port(), _free_port()
+    conf = tmp_path / "gunicorn.conf.py"
+    conf.write_text(
+        "from forkmem.integrations.gunicorn import *  # noqa: F403\n"
+        "from forkmem.integrations.gunicorn import configure\n"
+        f"configure(metrics='127.0.0.1:{metrics_port}')\n"
+        f"chdir = {str(EXAMPLES)!r}\n"
+        "wsgi_app = 'gunicorn_app:app'\n"
+        "workers = 2\n"
+        "preload_app = True\n"
+    )
+    log = tmp_path / "gunicorn.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "gunicorn", "-c", str(conf), "--bind", f"127.0.0.1:{port}"],
+            env=dict(os.environ, XDG_RUNTIME_DIR=str(tmp_path)),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        deadline = time.monotonic() + 60
+        text = ""
+        workers: set[int] = set()
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                text = _get(f"http://127.0.0.1:{metrics_port}/metrics")
+            except (urllib.error.URLError, ConnectionError):
+                time.sleep(0.3)
+                continue
+            workers = {
+                int(s.labels["pid"])
+                for f in text_string_to_metric_families(text)
+                for s in f.samples
+                if s.name == "forkmem_process_uss_bytes" and s.labels["role"] == "child"
+            }
+            if len(workers) >= 2:
+                break
+            time.sleep(0.3)
+        assert len(workers) >= 2, f"{text}\n{log.read_text()}"
+        assert f'forkmem_tree_pss_bytes{{root="{proc.pid}"}}' in text
+        assert "serving gunicorn metrics at" in log.read_text()
+        for pid in workers:
+            assert forkmem.usage.rss_breakdown(pid).rss > 0  # real, live workers
+        uss = {
+            int(s.labels["pid"]): s.value
+            for f in text_string_to_metric_families(
+                _get(f"http://127.0.0.1:{metrics_port}/metrics")
+            )
+            for s in f.samples
+            if s.name == "forkmem_process_uss_bytes"
+        }
+        for pid in workers:
+            truth = forkmem.memory(pid).uss
+            assert truth is not None
+            assert abs(uss[pid] - truth) <= 2 * MIB
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(30)
+    # The exporter follows its master out.
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            _get(f"http://127.0.0.1:{metrics_port}/metrics")
+        except (urllib.error.URLError, ConnectionError):
+            break
+        time.sleep(0.3)
+    else:
+        pytest.fail("the exporter outlived gunicorn")
