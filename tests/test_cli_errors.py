@@ -40,11 +40,15 @@ def _only_error(out: str) -> dict[str, object]:
     return dict(error)
 
 
+# The positional arguments a command cannot run without.
+NEEDS = {"export": ["1"], "watch": ["1"]}
+
+
 @pytest.mark.parametrize("command", _commands())
 def test_every_command_reports_a_usage_error_as_one_json_object(
     command: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert main([command, "--json", "--no-such-option"]) == 2
+    assert main([command, *NEEDS.get(command, []), "--json", "--no-such-option"]) == 2
     out, err = capsys.readouterr()
     error = _only_error(out)
     assert error == {
@@ -60,7 +64,9 @@ BAD_INPUT = {
     "bytecode": (["bytecode", "/nonexistent/forkmem-test"], "InvalidArgument"),
     "demo": (["demo", "--heap-mib", "1"], "InvalidArgument"),
     "doctor": (["doctor", "--path", "/nonexistent/forkmem-test"], "InvalidArgument"),
+    "export": (["export", "0"], "InvalidArgument"),
     "memory": (["memory", "0"], "InvalidArgument"),
+    "watch": (["watch", "0"], "InvalidArgument"),
 }
 
 

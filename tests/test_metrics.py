@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -133,10 +134,25 @@ def test_export_of_a_missing_pid_is_a_usage_error(capsys: pytest.CaptureFixture[
     assert "no process" in capsys.readouterr().err
 
 
-def test_export_needs_a_target() -> None:
-    with pytest.raises(SystemExit) as exc:
-        main(["export"])
-    assert exc.value.code == 2
+def test_export_needs_a_target(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["export"]) == 2
+    assert "required" in capsys.readouterr().err
+
+
+def test_export_announces_itself_as_json() -> None:
+    root = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(2)"])
+    proc = subprocess.run(
+        [sys.executable, "-m", "forkmem", "export", str(root.pid), "--listen", ":0", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    root.wait(10)
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads(proc.stdout)
+    assert data["root"] == root.pid
+    assert data["serving"].startswith("http://127.0.0.1:")
 
 
 def test_start_exporter_serves_this_tree_and_stops() -> None:

@@ -31,6 +31,11 @@ def register(sub: Any) -> None:
         metavar="HOST:PORT",
         help="address to serve on (default 127.0.0.1:9464; port 0 picks a free one)",
     )
+    parser.add_argument(
+        "--json",
+        action="store_true",
+        help='announce the endpoint as one JSON line ({"serving": URL, "root": PID})',
+    )
     parser.set_defaults(func=run)
 
 
@@ -44,7 +49,12 @@ def run(args: argparse.Namespace) -> int:
     pid = check_pid(read_pid_file(args.pid_file) if args.pid_file else args.pid)
     rss_breakdown(pid)  # a missing root is a usage error before a port is opened
     server = metrics.serve_metrics(pid, listen=args.listen, skip=(os.getpid(),))
-    sys.stdout.write(f"forkmem export: serving {server.url} for the tree of {pid}\n")
+    if args.json:
+        import json
+
+        sys.stdout.write(json.dumps({"serving": server.url, "root": pid}) + "\n")
+    else:
+        sys.stdout.write(f"forkmem export: serving {server.url} for the tree of {pid}\n")
     sys.stdout.flush()
     try:
         while True:
