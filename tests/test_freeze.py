@@ -190,7 +190,7 @@ def test_decorator_rejects_what_is_not_callable() -> None:
 
 
 def test_bad_arguments() -> None:
-    with pytest.raises(forkmem.InvalidArgument, match="warmup"):
+    with pytest.raises(forkmem.InvalidArgument, match="warmup"), pytest.deprecated_call():
         forkmem.frozen(immortalize=True)
     with pytest.raises(ValueError, match="collect"):
         forkmem.frozen(collect="yes")  # type: ignore[arg-type]
@@ -200,7 +200,9 @@ def test_bad_arguments() -> None:
 
 def test_frozen_with_warmup_calls_forkmem_warmup() -> None:
     pytest.importorskip("forkmem.warm")
-    with forkmem.frozen(warmup=True, unfreeze=True) as report:
+    with pytest.deprecated_call():
+        block = forkmem.frozen(warmup=True, unfreeze=True)
+    with block as report:
         assert report.warmup is not None
         assert report.collected is None
         assert gc.get_freeze_count() > 0
@@ -320,3 +322,20 @@ def test_freeze_around_fork_warns_where_freezing_walks_the_heap(
     monkeypatch.setattr(gcinfo, "_kind", "free-threaded")
     with pytest.warns(forkmem.ForkmemWarning, match="O\\(heap\\)"):
         forkmem.freeze_around_fork("young").remove()
+
+
+def test_freeze_heap_collects_freezes_and_stays_frozen() -> None:
+    garbage = [[]]
+    garbage[0].append(garbage)  # a cycle only a full collection frees
+    del garbage
+    try:
+        report = forkmem.freeze_heap()
+        assert report.collected is not None
+        assert report.collected >= 1
+        assert report.frozen_total > 0
+        assert gc.get_freeze_count() > 0  # left frozen
+        assert report.depth == 1
+        assert report.warmup is None
+        assert forkmem.freeze_heap(collect=False).collected is None
+    finally:
+        gc.unfreeze()

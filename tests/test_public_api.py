@@ -80,3 +80,52 @@ def test_cli_unknown_command_is_a_usage_error() -> None:
     )
     assert out.returncode == 2
     assert "invalid choice" in out.stderr
+
+
+def test_import_loads_at_most_three_forkmem_modules() -> None:
+    code = (
+        "import sys, forkmem; "
+        "print(','.join(sorted(m for m in sys.modules if m.startswith('forkmem'))))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    loaded = out.stdout.strip().split(",")
+    assert loaded[0] == "forkmem"
+    assert len(loaded) <= 3, loaded
+
+
+def test_every_name_loads_lazily_from_its_home() -> None:
+    # Each name of the table resolves in a fresh interpreter, and dir() lists them all.
+    code = (
+        "import forkmem; missing = [n for n in forkmem.__all__ if n not in dir(forkmem)]; "
+        "objs = [getattr(forkmem, n) for n in forkmem.__all__]; print(len(objs), missing)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == [str(len(forkmem.__all__)), "[]"]
+    with pytest.raises(AttributeError, match="no_such_name"):
+        forkmem.no_such_name  # type: ignore[attr-defined]  # noqa: B018
+
+
+@pytest.mark.parametrize("name", ["memory", "warmup"])
+def test_no_module_is_shadowed_by_a_function(name: str) -> None:
+    # forkmem 0.1's module paths: importing one gives a module (with a DeprecationWarning),
+    # and the top-level function of the same name still works afterwards.
+    code = (
+        "import importlib, types, warnings, forkmem\n"
+        "warnings.simplefilter('error')\n"
+        "function = getattr(forkmem, NAME)\n"
+        "try:\n"
+        "    importlib.import_module('forkmem.' + NAME)\n"
+        "except DeprecationWarning as exc:\n"
+        "    print('warned:', exc)\n"
+        "warnings.simplefilter('ignore')\n"
+        "module = importlib.import_module('forkmem.' + NAME)\n"
+        "print(isinstance(module, types.ModuleType), getattr(module, NAME) is function)\n"
+        "print(type(getattr(forkmem, NAME)(**KWARGS)).__name__)\n"
+    )
+    kwargs = {"memory": "{}", "warmup": "{'hash_strings': False, 'trim': False}"}[name]
+    code = f"NAME = {name!r}\nKWARGS = {kwargs}\n" + code
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    lines = out.stdout.splitlines()
+    assert lines[0].startswith(f"warned: the module forkmem.{name} is deprecated")
+    assert lines[1] == "True True"
+    assert lines[2] == {"memory": "MemoryUsage", "warmup": "WarmupReport"}[name]

@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import os
 
-from forkmem.freeze import FreezeReport, frozen
+from forkmem.freeze import FreezeReport, prepare
 
 __all__: list[str] = []
 
@@ -25,8 +25,7 @@ _logger = logging.getLogger("forkmem.pool")
 def _freeze_here() -> FreezeReport | None:
     warmup = os.environ.get("FORKMEM_FORKSERVER_WARMUP") == "1"
     try:
-        with frozen(warmup=warmup) as report:
-            pass
+        report = prepare(warmup=warmup)
     except Exception:
         # The fork server must come up even if the freeze cannot run (its workers are then
         # merely unfrozen, as without forkmem).

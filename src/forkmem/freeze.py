@@ -17,6 +17,7 @@ import functools
 import gc
 import inspect
 import time
+import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal, ParamSpec, TypeVar
@@ -31,7 +32,16 @@ if TYPE_CHECKING:
 
     from forkmem.warm import WarmupReport
 
-__all__ = ["FreezeAroundFork", "FreezeReport", "freeze_around_fork", "frozen", "gc_paused"]
+__all__ = [
+    "FreezeAroundFork",
+    "FreezeReport",
+    "block",
+    "freeze_around_fork",
+    "freeze_heap",
+    "frozen",
+    "gc_paused",
+    "prepare",
+]
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -92,9 +102,10 @@ class frozen:
     ``collect`` runs a full ``gc.collect()`` first, so garbage is not frozen forever.
     ``unfreeze`` calls ``gc.unfreeze()`` when the outermost block ends (it is all-or-nothing:
     objects frozen elsewhere are released too); by default the objects stay frozen, which is what
-    a parent that keeps forking wants. ``warmup=True`` calls ``forkmem.warmup(immortalize=...)``
-    instead of collect-and-freeze (it collects and freezes by itself, and more);
-    ``immortalize=True`` needs ``warmup=True``.
+    a parent that keeps forking wants. ``warmup`` and ``immortalize`` are deprecated: call
+    ``forkmem.warmup(immortalize=...)`` before the block (it collects and freezes by itself, and
+    more) and open the block with ``collect=False``. To freeze once for good, without a block,
+    call ``forkmem.freeze_heap()``.
 
     Re-entrant: an inner block freezes again (catching objects made since) but never unfreezes;
     only the outermost block's ``unfreeze`` counts. As a decorator it wraps synchronous functions
@@ -111,6 +122,16 @@ class frozen:
         warmup: bool = False,
         immortalize: bool = False,
     ) -> None:
+        if warmup is True or immortalize is True:
+            warnings.warn(
+                "frozen(warmup=..., immortalize=...) is deprecated: call forkmem.warmup("
+                "immortalize=...) first, then open frozen(collect=False)",
+                DeprecationWarning,
+                stacklevel=2,
+            )
+        self._setup(collect, unfreeze, warmup, immortalize)
+
+    def _setup(self, collect: bool, unfreeze: bool, warmup: bool, immortalize: bool) -> None:
         for name, value in (
             ("collect", collect),
             ("unfreeze", unfreeze),
@@ -190,10 +211,43 @@ class frozen:
 
         @functools.wraps(func)
         def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
-            with frozen(**options):
+            with block(**options):
                 return func(*args, **kwargs)
 
         return wrapper
+
+
+def block(
+    *,
+    collect: bool = True,
+    unfreeze: bool = False,
+    warmup: bool = False,
+    immortalize: bool = False,
+) -> frozen:
+    """A :class:`frozen` block that may warm up (the integrations' options map onto it)."""
+    made = frozen.__new__(frozen)
+    made._setup(collect, unfreeze, warmup, immortalize)
+    return made
+
+
+def prepare(
+    *, collect: bool = True, warmup: bool = False, immortalize: bool = False
+) -> FreezeReport:
+    """Collect and freeze (or warm up) now, for good; the integrations' one call before forking."""
+    with block(collect=collect, warmup=warmup, immortalize=immortalize) as report:
+        return report
+
+
+def freeze_heap(*, collect: bool = True) -> FreezeReport:
+    """Collect, then ``gc.freeze()``, now and for good; return what it did.
+
+    The verb for a parent that loaded what its workers share and is about to fork them (a
+    server's "ready" hook, the end of an application factory). ``collect=False`` skips the
+    full collection. To warm the heap up as well (str hashes, ``malloc_trim``, immortal objects),
+    call :func:`forkmem.warmup` instead: it freezes too. For a freeze that ends with a block
+    (optionally unfreezing), use :class:`frozen`.
+    """
+    return prepare(collect=collect)
 
 
 def _run_warmup(immortalize: bool) -> WarmupReport:

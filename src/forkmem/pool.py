@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 from forkmem._pool import SupervisedPool
 from forkmem._pool_recycle import count_recycle, recycling_setup
 from forkmem.errors import ForkmemWarning, InvalidArgument
-from forkmem.freeze import freeze_around_fork, frozen
+from forkmem.freeze import block, freeze_around_fork
 from forkmem.recycle import RecyclePolicy
 
 if TYPE_CHECKING:
@@ -284,7 +284,7 @@ def fork_pool(
         _prepare_forkserver(warmup)
         pool = _ForkmemPool(processes, init, args, maxtasksperchild, context=ctx, **options)
     else:
-        with frozen(unfreeze=unfreeze, warmup=warmup) as report:
+        with block(unfreeze=unfreeze, warmup=warmup) as report:
             _bulk.active = True
             try:
                 pool = _ForkmemPool(processes, init, args, maxtasksperchild, context=ctx, **options)
@@ -334,7 +334,7 @@ def process_pool_executor(
         if method == "forkserver":
             _prepare_forkserver(warmup)
             return _ForkmemExecutor(max_workers, ctx, init, args, **extra)
-        with frozen(unfreeze=unfreeze, warmup=warmup):
+        with block(unfreeze=unfreeze, warmup=warmup):
             executor = _ForkmemExecutor(max_workers, ctx, init, args, **extra)
             executor._forkmem_fork = True
             _bulk.active = True

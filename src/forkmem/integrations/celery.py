@@ -118,11 +118,10 @@ def _freeze_once(options: _Options) -> None:
     global _frozen_with, _exporter
     if _frozen_with is not None:
         return
-    from forkmem.freeze import frozen
+    from forkmem.freeze import prepare
 
     warn_missing_bytecode()
-    with frozen(warmup=options.warmup, immortalize=options.immortalize) as report:
-        pass
+    report = prepare(warmup=options.warmup, immortalize=options.immortalize)
     _frozen_with = options
     _logger.info(
         "forkmem: froze %d objects in the Celery main process in %.3f s before the pool forks",

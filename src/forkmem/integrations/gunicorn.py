@@ -163,7 +163,7 @@ def when_ready(server: Any) -> None:
     collections never touch (and copy) them. Without ``preload_app`` each worker imports the app
     itself and nothing of it can be shared: a warning says so.
     """
-    from forkmem.freeze import frozen
+    from forkmem.freeze import prepare
 
     route_logs(getattr(getattr(server, "log", None), "error_log", None) or logging.getLogger())
     if disabled("gunicorn"):
@@ -177,8 +177,7 @@ def when_ready(server: Any) -> None:
     if _settings.rehearse:
         _rehearse(server)
     warn_missing_bytecode()
-    with frozen(warmup=_settings.warmup, immortalize=_immortalize()) as report:
-        pass
+    report = prepare(warmup=_settings.warmup, immortalize=_immortalize())
     _logger.info(
         "forkmem: froze %d objects in the gunicorn master (pid %s) in %.3f s before forking",
         report.frozen_total,

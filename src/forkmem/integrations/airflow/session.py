@@ -315,7 +315,7 @@ class Session:
             stack.callback(self.meter.close)
         started = time.perf_counter()
         if opts.freeze:
-            from forkmem.freeze import frozen
+            from forkmem.freeze import block
 
             if not opts.warmup:
                 # Airflow's before_run ended with a bare gc.freeze(): release it so the full
@@ -323,8 +323,8 @@ class Session:
                 gc.unfreeze()
             # Left with unfreeze=False at close: the heap stays frozen for whatever the
             # process still does.
-            block = frozen(collect=True, warmup=opts.warmup, immortalize=opts.immortalize)
-            self.report = stack.enter_context(block)
+            freeze = block(collect=True, warmup=opts.warmup, immortalize=opts.immortalize)
+            self.report = stack.enter_context(freeze)
         stack.callback(self._end_rounds)  # the first thing close() does
         seconds = time.perf_counter() - started
         self.server_wanted = opts.fork_server
