@@ -3,7 +3,7 @@
 ``python -m forkmem.integrations.airflow dag-processor`` does all of this for you, with the same
 arguments as ``airflow dag-processor``. Write your own entrypoint instead when you build the
 manager yourself (your own subclass, your own start-up code): it is three lines around
-:func:`forkmem.integrations.airflow.manager_class`, shaped like Airflow's own CLI command.
+`forkmem.integrations.airflow.manager_class()`, shaped like Airflow's own CLI command.
 
 Run it in an environment where ``airflow dag-processor`` works (AIRFLOW_HOME set, database
 migrated)::

@@ -39,7 +39,7 @@ def _read(path: str, pid: int) -> bytes:
 
 
 def _read_or_none(path: str, pid: int) -> bytes | None:
-    """Like :func:`_read`, but ``None`` when the file does not exist (ENOENT on open)."""
+    """Like `_read()`, but ``None`` when the file does not exist (ENOENT on open)."""
     try:
         fd = os.open(path, _O_FLAGS)
     except FileNotFoundError:
@@ -117,12 +117,12 @@ def _usage(pid: int, f: dict[bytes, int], source: str) -> MemoryUsage:
 
 
 def memory(pid: int) -> MemoryUsage:
-    """Return :class:`~forkmem.MemoryUsage` for ``pid`` from smaps_rollup (or smaps)."""
+    """Return [`MemoryUsage`][forkmem.MemoryUsage] for ``pid`` from smaps_rollup (or smaps)."""
     return _finish(pid, _read_rollup(pid))
 
 
 def memory_many(pids: list[int]) -> list[MemoryUsage | NoSuchProcess | AccessDenied]:
-    """:func:`memory` for many pids, with per-pid errors returned in place of results.
+    """`memory()` for many pids, with per-pid errors returned in place of results.
 
     All files are read before any is parsed: consecutive page walks of forked siblings touch
     the same shared pages' metadata, which stays in the CPU cache only if no parsing runs in
@@ -183,7 +183,7 @@ def memory_from_smaps(pid: int) -> MemoryUsage:
 
 
 def rss_breakdown(pid: int) -> RssBreakdown:
-    """Return :class:`~forkmem.RssBreakdown` for ``pid`` from ``/proc/PID/status``."""
+    """Return [`RssBreakdown`][forkmem.RssBreakdown] for ``pid`` from ``/proc/PID/status``."""
     path = f"/proc/{pid}/status"
     fields = parse_status(_read(path, pid), path)
     rss = fields.get(b"VmRSS")

@@ -46,7 +46,7 @@ def _opt(info: object, name: str) -> int | None:
 
 
 def memory(pid: int) -> MemoryUsage:
-    """Return :class:`~forkmem.MemoryUsage` from ``psutil.Process(pid).memory_full_info()``."""
+    """Return `MemoryUsage` from ``psutil.Process(pid).memory_full_info()``."""
     import psutil
 
     proc = _call(pid, "memory", lambda: psutil.Process(pid))
@@ -75,7 +75,7 @@ def memory(pid: int) -> MemoryUsage:
 
 
 def memory_many(pids: list[int]) -> list[MemoryUsage | NoSuchProcess | AccessDenied]:
-    """:func:`memory` for many pids, with per-pid errors returned in place of results."""
+    """`memory()` for many pids, with per-pid errors returned in place of results."""
     out: list[MemoryUsage | NoSuchProcess | AccessDenied] = []
     for pid in pids:
         try:
@@ -86,7 +86,7 @@ def memory_many(pids: list[int]) -> list[MemoryUsage | NoSuchProcess | AccessDen
 
 
 def rss_breakdown(pid: int) -> RssBreakdown:
-    """Return :class:`~forkmem.RssBreakdown` from ``psutil.Process(pid).memory_info()``."""
+    """Return [`RssBreakdown`][forkmem.RssBreakdown] from ``psutil.Process(pid).memory_info()``."""
     import psutil
 
     proc = _call(pid, "memory", lambda: psutil.Process(pid))

@@ -27,7 +27,7 @@ __all__ = [
 ]
 
 BytecodeStatus = Literal["ok", "missing", "stale", "unwritable", "sourceless"]
-"""Status of one module file; see :class:`BytecodeFile`."""
+"""Status of one module file; see [`BytecodeFile`][forkmem.BytecodeFile]."""
 
 STATUSES: tuple[BytecodeStatus, ...] = ("ok", "missing", "stale", "unwritable", "sourceless")
 _UNCACHED = frozenset({"missing", "stale", "unwritable"})
@@ -97,15 +97,15 @@ class BytecodeProblem:
 
 @dataclass(frozen=True, slots=True)
 class BytecodeReport:
-    """Result of :func:`check_bytecode`."""
+    """Result of [`check_bytecode()`][forkmem.check_bytecode]."""
 
     _rows: tuple[Row, ...] = field(repr=False)
     # One plain tuple per file, in BytecodeFile's field order: building thousands of frozen
-    # dataclasses costs more than the check itself, so :attr:`files` builds them on first use.
+    # dataclasses costs more than the check itself, so `files` builds them on first use.
     skipped: tuple[SkippedModule, ...]
     """Modules/paths with nothing to check, with the reason."""
     problems: tuple[BytecodeProblem, ...]
-    """Paths that could not be read (they do not affect :attr:`ok`)."""
+    """Paths that could not be read (they do not affect `ok`)."""
     optimization: int
     """Optimization level whose pyc names were checked (0, 1 -> ``opt-1``, 2 -> ``opt-2``)."""
     cache_tag: str
@@ -207,7 +207,7 @@ class BytecodeReport:
         }
 
     def to_json(self, *, indent: int | None = 2) -> str:
-        """:meth:`as_dict` as a JSON string."""
+        """[`as_dict()`][forkmem.BytecodeReport.as_dict] as a JSON string."""
         import json
 
         return json.dumps(self.as_dict(), indent=indent)
@@ -215,7 +215,7 @@ class BytecodeReport:
 
 @dataclass(frozen=True, slots=True)
 class CompileFailure:
-    """A file :func:`forkmem.compile_bytecode` could not compile or write."""
+    """A file `forkmem.compile_bytecode()` could not compile or write."""
 
     source: str
     """The source file."""
@@ -229,7 +229,7 @@ class CompileFailure:
 
 @dataclass(frozen=True, slots=True)
 class CompileResult:
-    """Result of :func:`forkmem.compile_bytecode`."""
+    """Result of [`forkmem.compile_bytecode()`][forkmem.compile_bytecode]."""
 
     written: tuple[str, ...]
     """The pyc files written."""

@@ -1,6 +1,6 @@
 """Result types of the memory readers, shared by the front module and its backends (a leaf).
 
-Kept apart from :mod:`forkmem.usage` so the platform backends can build them without importing
+Kept apart from `forkmem.usage` so the platform backends can build them without importing
 the module that picks the backend.
 """
 
@@ -91,7 +91,7 @@ def check_pid(pid: object, *, default_self: bool = True) -> int:
     """The one pid validator of every public entry point: a positive int that fits a pid_t.
 
     ``None`` means this process unless ``default_self`` is false; anything else that is not
-    such an int raises :class:`~forkmem.InvalidArgument`.
+    such an int raises [`InvalidArgument`][forkmem.InvalidArgument].
     """
     if pid is None and default_self:
         return os.getpid()

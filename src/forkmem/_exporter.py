@@ -40,7 +40,7 @@ def parse_listen(address: str) -> tuple[str, int]:
 
 
 class Exporter:
-    """A running ``forkmem export`` process: ``url`` serves ``/metrics``; :meth:`close` stops it."""
+    """A running ``forkmem export`` process: ``url`` serves ``/metrics``; `close()` stops it."""
 
     def __init__(self, proc: subprocess.Popen[bytes], url: str) -> None:
         self.proc = proc
@@ -63,8 +63,8 @@ class Exporter:
 def start_exporter(listen: str, *, pid: int | None = None, timeout: float = 30.0) -> Exporter:
     """Start ``forkmem export`` for the tree of ``pid`` (default: the caller) on ``listen``.
 
-    Returns once it serves. Raises :class:`~forkmem.MissingDependency` without
-    prometheus_client and :class:`~forkmem.InvalidArgument` for a bad address or when the
+    Returns once it serves. Raises [`MissingDependency`][forkmem.MissingDependency] without
+    prometheus_client and [`InvalidArgument`][forkmem.InvalidArgument] for a bad address or when the
     exporter cannot start (a port in use: its own message is on stderr). It exits by itself when
     the root process does.
     """

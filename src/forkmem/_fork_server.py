@@ -108,8 +108,8 @@ class ForkServer:
         return self._sock is not None
 
     def start(self) -> None:
-        """Fork the server. Raises :class:`UnsupportedPlatform` off Linux and
-        :class:`ForkServerError` when the kernel refuses (no subreaper, no socket, no fork)."""
+        """Fork the server. Raises `UnsupportedPlatform` off Linux and
+        `ForkServerError` when the kernel refuses (no subreaper, no socket, no fork)."""
         if not sys.platform.startswith("linux"):
             raise UnsupportedPlatform("a fork server needs Linux (PR_SET_CHILD_SUBREAPER)")
         if self._sock is not None:
@@ -157,10 +157,10 @@ class ForkServer:
         """Have the server fork a worker with these descriptors; return the worker's pid.
 
         The worker is this process's child by the time this returns. Raises
-        :class:`ForkServerError` (and stops the server) when it cannot; the worker, if one was
+        `ForkServerError` (and stops the server) when it cannot; the worker, if one was
         forked, then exits without using the descriptors. Raises
-        :class:`~forkmem.InvalidArgument` for a request that is not a JSON object or too many
-        descriptors.
+        [`InvalidArgument`][forkmem.InvalidArgument] for a request that is not a JSON object or too
+        many descriptors.
         """
         sock = self._sock
         if sock is None:

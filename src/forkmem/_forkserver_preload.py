@@ -3,11 +3,11 @@
 Workers of a "forkserver" pool are forked from the fork server, not from the parent, so the
 freeze that keeps their inherited heap out of the collector's reach has to run there, after the
 modules the server preloads (``__main__`` and whatever ``set_forkserver_preload`` named).
-:func:`forkmem.pool.fork_pool` puts this module at the end of that list. Importing it freezes
-the importing process: it is not meant to be imported anywhere else.
+[`forkmem.pool.fork_pool()`][forkmem.pool.fork_pool] puts this module at the end of that list.
+Importing it freezes the importing process: it is not meant to be imported anywhere else.
 
 ``FORKMEM_FORKSERVER_WARMUP=1`` in the environment (set by ``warmup=True``) runs
-:func:`forkmem.warmup` instead of a plain collect-and-freeze.
+[`forkmem.warmup()`][forkmem.warm.warmup] instead of a plain collect-and-freeze.
 """
 
 from __future__ import annotations

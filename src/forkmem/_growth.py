@@ -87,7 +87,7 @@ class Cause:
 
 @dataclass(frozen=True, slots=True)
 class GrowthReport:
-    """What :func:`analyze` found; ``primary`` is the largest cause, ``None`` if none counts."""
+    """What `analyze()` found; ``primary`` is the largest cause, ``None`` if none counts."""
 
     root: int | None
     samples: int

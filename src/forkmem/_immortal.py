@@ -2,7 +2,7 @@
 
 Why: a forked child that only *reads* an object still writes its reference count, and that
 write copies the whole page. CPython never writes the count of an immortal object; how this
-interpreter marks one is probed by :mod:`forkmem._object_header` (values differ between 3.12/3.13
+interpreter marks one is probed by `forkmem._object_header` (values differ between 3.12/3.13
 and 3.14+), and the walk writes exactly that.
 
 The mark doubles as the walk's visited set: an object whose low half already reads negative is
@@ -127,7 +127,7 @@ def hash_reachable_strings(roots: list[Any]) -> int:
 
 
 class ImmortalizeResult(NamedTuple):
-    """Counts from one :func:`immortalize` walk."""
+    """Counts from one `immortalize()` walk."""
 
     objects: int
     bytes: int
@@ -231,7 +231,7 @@ def immortalize(roots: list[Any], *, hash_strings: bool = True) -> ImmortalizeRe
     """Make ``roots`` and everything reachable from them immortal, except what must stay mortal.
 
     ``roots`` is consumed (used as the work list). The caller has checked the runtime with
-    :func:`check_runtime`; this function checks again because it writes raw memory.
+    `check_runtime()`; this function checks again because it writes raw memory.
     """
     found = check_runtime()
     view, immortal, flag_bits, str_view = found.view, found.immortal, found.flags, hash_view()

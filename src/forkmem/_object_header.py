@@ -14,7 +14,7 @@ unchecked ``Py_DECREF_MORTAL``): without that bit every such read would write th
 like the runtime's own ``_Py_SetImmortalUntracked``, the marker ORs that one bit into
 ``ob_flags`` and leaves every other bit of the upper half as it was.
 
-Which value and bit work is *probed* (:func:`layout`) by running the interpreter's own
+Which value and bit work is *probed* (`layout()`) by running the interpreter's own
 INCREF/DECREF and reference hand-over on throwaway objects, never derived from the version.
 Memory is read and written through one uint32 memoryview over the whole address space.
 """
@@ -79,7 +79,7 @@ class Layout(NamedTuple):
     """What the probe found out about this interpreter's object header."""
 
     view: memoryview
-    """The uint32 view of the address space (:func:`address_view`)."""
+    """The uint32 view of the address space (`address_view()`)."""
     immortal: int
     """The low-32-bit value to write: one that ``Py_INCREF`` and ``Py_DECREF`` leave alone."""
     flags: int
@@ -187,7 +187,7 @@ _hash_probed = False
 
 
 def hash_view() -> memoryview | None:
-    """:func:`address_view` where ``PyASCIIObject.hash`` is at word 6 as probed, else None
+    """`address_view()` where ``PyASCIIObject.hash`` is at word 6 as probed, else None
     (then every str is hashed: ``hash()`` of a str whose hash is cached only reads it)."""
     global _hash_view, _hash_probed
     if not _hash_probed:
@@ -204,7 +204,7 @@ def hash_view() -> memoryview | None:
 
 
 def layout() -> Layout | str:
-    """Probe the running interpreter once: a :class:`Layout`, or why it cannot be immortalized.
+    """Probe the running interpreter once: a `Layout`, or why it cannot be immortalized.
 
     Refuses, by probing rather than by version number, anything whose header is not the 64-bit
     default build's: free-threaded and debug builds, other implementations, and a count word
@@ -251,7 +251,7 @@ def unsupported_reason() -> str | None:
 
 
 def check_runtime() -> Layout:
-    """Raise :class:`~forkmem.errors.UnsupportedRuntime` unless immortalization is safe here."""
+    """Raise `UnsupportedRuntime` unless immortalization is safe here."""
     found = layout()
     if isinstance(found, str):
         raise UnsupportedRuntime(found)

@@ -1,6 +1,6 @@
-"""The process pool behind :func:`forkmem.pool.fork_pool`: one that survives killed workers.
+"""The process pool behind `forkmem.pool.fork_pool()`: one that survives killed workers.
 
-:class:`multiprocessing.pool.Pool` feeds every worker from one shared pipe guarded by one shared
+`multiprocessing.pool.Pool` feeds every worker from one shared pipe guarded by one shared
 lock, and collects every result through another. A worker ``SIGKILL``-ed (the OOM killer) while
 it holds the read lock, idle in ``get()``, leaves that lock taken for good: no worker can take
 another task and ``terminate()`` itself blocks on the lock. One killed in a task loses the task:
@@ -13,8 +13,8 @@ This pool keeps the stdlib's public methods and result objects (it subclasses ``
 - every worker has its own duplex pipe, so no lock is shared between processes;
 - one dispatcher thread in the parent hands each worker one task at a time and remembers it,
   reads the results, and waits on every worker's process sentinel as well as its pipe (the way
-  :class:`concurrent.futures.ProcessPoolExecutor` notices a dead worker);
-- a worker that dies mid-task fails *that* task with :class:`~forkmem.WorkerLost` and is replaced;
+  `concurrent.futures.ProcessPoolExecutor` notices a dead worker);
+- a worker that dies mid-task fails *that* task with `WorkerLost` and is replaced;
   a worker that dies idle is replaced, and nothing else notices;
 - ``terminate()`` kills the workers and fails every task not finished, so no ``get()`` waits
   forever; ``close()`` + ``join()`` return once every task has returned or failed.

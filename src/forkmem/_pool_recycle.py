@@ -1,9 +1,9 @@
-"""Memory recycling for :func:`forkmem.pool.fork_pool` workers (both sides of the pipe).
+"""Memory recycling for `forkmem.pool.fork_pool()` workers (both sides of the pipe).
 
-In the worker: a sampler feeds a :class:`~forkmem.recycle.RecycleMonitor`. Over the soft limit,
-the worker tells the parent (so an idle worker is stopped at once) and leaves after its current
-task; over the hard limit it tells the parent why, then ends itself. In the parent: each notice
-is counted in :func:`forkmem.recycle_stats`.
+In the worker: a sampler feeds a [`RecycleMonitor`][forkmem.recycle.RecycleMonitor]. Over the soft
+limit, the worker tells the parent (so an idle worker is stopped at once) and leaves after its
+current task; over the hard limit it tells the parent why, then ends itself. In the parent: each
+notice is counted in [`forkmem.recycle_stats()`][forkmem.recycle.recycle_stats].
 """
 
 from __future__ import annotations

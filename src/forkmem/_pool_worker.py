@@ -1,4 +1,4 @@
-"""The worker side of :mod:`forkmem._pool`: the loop each pool worker runs, and its pipe.
+"""The worker side of `forkmem._pool`: the loop each pool worker runs, and its pipe.
 
 A worker takes one task at a time from its own pipe, says when it starts it (so the parent
 knows whether a death lost the task), and sends the result back. Results and recycle notices

@@ -2,7 +2,7 @@
 
 Each parser takes the file's raw content (``bytes``, or ``str`` for tests) plus the path it came
 from, and returns plain numbers. Anything truncated or garbled raises
-:class:`~forkmem.errors.ProcParseError` naming that path; no other exception escapes. Reading the
+[`ProcParseError`][forkmem.ProcParseError] naming that path; no other exception escapes. Reading the
 files (and mapping ``OSError``) is the backends' job, so these stay testable on crafted text.
 """
 
@@ -102,7 +102,7 @@ def parse_smaps(content: bytes | str, path: str = "smaps") -> tuple[dict[bytes, 
     """Parse ``/proc/PID/smaps`` and sum each ``kB`` field over all mappings.
 
     Returns ``(sums, mappings)``: ``sums`` maps field names to bytes like
-    :func:`parse_smaps_rollup`; ``mappings`` is the number of VMAs. Lines without a ``kB`` unit
+    `parse_smaps_rollup()`; ``mappings`` is the number of VMAs. Lines without a ``kB`` unit
     (``VmFlags``, ``THPeligible``, ``ProtectionKey``) are skipped. Note the kernel rounds ``Pss``
     per mapping here, so the sum can be a few kB below the rollup's figure.
     """

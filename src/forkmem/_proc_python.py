@@ -110,7 +110,7 @@ def _venv_of(candidates: list[str | None]) -> str | None:
 
 
 def inspect_python(pid: int) -> PythonProcess:
-    """Read what :class:`PythonProcess` holds for ``pid``; raises only if ``pid`` is gone."""
+    """Read what `PythonProcess` holds for ``pid``; raises only if ``pid`` is gone."""
     pid = check_pid(pid)
     proc = f"/proc/{pid}"
     if not os.path.isdir(proc):

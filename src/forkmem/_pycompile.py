@@ -1,4 +1,4 @@
-"""Writing pycs for :func:`forkmem.compile_bytecode`: in process, or in fresh interpreters.
+"""Writing pycs for `forkmem.compile_bytecode()`: in process, or in fresh interpreters.
 
 py_compile writes atomically (temporary file + ``os.replace``) and creates the cache
 directory, so a reader never sees half a pyc. Workers are ``sys.executable -I`` subprocesses

@@ -2,7 +2,7 @@
 
 forkmem 0.1 had ``forkmem/memory.py`` and ``forkmem/warmup.py``, each holding a function of
 the same name, so ``import forkmem.memory`` replaced the function ``forkmem.memory`` with the
-module. Their code now lives in :mod:`forkmem.usage` and :mod:`forkmem.warm`; the old paths
+module. Their code now lives in `forkmem.usage` and `forkmem.warm`; the old paths
 import with a ``DeprecationWarning`` and give a module that can also be called like the
 function it shadows, so neither ``from forkmem.memory import memory`` nor a later
 ``forkmem.memory()`` breaks.

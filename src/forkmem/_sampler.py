@@ -3,11 +3,12 @@
 A worker's copy-on-write damage is its private memory (USS = Private_Clean + Private_Dirty from
 ``/proc/PID/smaps_rollup``). Reading it costs time proportional to the worker's resident size, so
 the sampler bounds its duty cycle the way Redis samples its fork child: it times each
-:func:`forkmem.memory` call and sleeps ``cost * (1/duty_cycle - 1)`` before the next one, so at
-most ``duty_cycle`` (1% by default) of one CPU goes to sampling, whatever the worker's size
-(``cost`` is the latest sample's, so the pause follows the worker's size as it changes).
+[`forkmem.memory()`][forkmem.usage.memory] call and sleeps ``cost * (1/duty_cycle - 1)`` before the
+next one, so at most ``duty_cycle`` (1% by default) of one CPU goes to sampling, whatever the
+worker's size (``cost`` is the latest sample's, so the pause follows the worker's size as it
+changes).
 
-The peak can be published through a :class:`PeakSlot`, a small anonymous shared mapping created
+The peak can be published through a `PeakSlot`, a small anonymous shared mapping created
 by the parent before the fork: the parent then reads the worker's peak after the worker is gone,
 even when it was killed (``SIGKILL`` by the OOM killer or a timeout) and could log nothing itself.
 """
@@ -62,8 +63,8 @@ class PeakMemory:
 class PeakSlot:
     """A few bytes of memory shared between a parent and the worker it is about to fork.
 
-    Create it in the parent *before* the fork; the worker's :class:`Sampler` writes its peak
-    into it after every sample; the parent calls :meth:`read` once the worker has exited.
+    Create it in the parent *before* the fork; the worker's `Sampler` writes its peak
+    into it after every sample; the parent calls `read()` once the worker has exited.
     """
 
     __slots__ = ("_map",)
@@ -116,12 +117,12 @@ class PeakSlot:
 class Sampler:
     """Samples one process's private memory in a daemon thread, at a bounded duty cycle.
 
-    ``pid=None`` samples the calling process (read at :meth:`start`, so a sampler created before
+    ``pid=None`` samples the calling process (read at `start()`, so a sampler created before
     a fork and started in the child samples the child). ``duty_cycle`` is the largest share of
     one CPU spent sampling (``0 < duty_cycle <= 1``); ``min_interval`` is the shortest pause
     between samples, in seconds, so small workers are not sampled needlessly often.
-    ``on_sample`` is called with every sample's :class:`~forkmem.MemoryUsage`, in the sampling
-    thread (a recycle policy acts on it); an exception from it is logged, never raised.
+    ``on_sample`` is called with every sample's [`MemoryUsage`][forkmem.MemoryUsage], in the
+    sampling thread (a recycle policy acts on it); an exception from it is logged, never raised.
     """
 
     def __init__(
@@ -261,7 +262,7 @@ class Sampler:
         )
 
     def stop_and_log(self, label: str = "worker") -> PeakMemory | None:
-        """:meth:`stop`, then log the peak on the ``"forkmem"`` logger."""
+        """`stop()`, then log the peak on the ``"forkmem"`` logger."""
         peak = self.stop()
         log_peak(peak, label=label, pid=self.pid)
         return peak

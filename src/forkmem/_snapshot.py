@@ -1,7 +1,7 @@
 """One sample of a process tree: each member's memory, parent, command line and peak.
 
 The ``memory``, ``watch`` and ``export`` commands and the metrics collector all draw from
-:func:`sample_tree`, so a table, a JSON line, a growth report and a scrape agree on the figures.
+`sample_tree()`, so a table, a JSON line, a growth report and a scrape agree on the figures.
 """
 
 from __future__ import annotations
@@ -25,11 +25,12 @@ __all__ = ["ProcessSample", "TreeSample", "sample_processes", "sample_tree"]
 
 @dataclass(frozen=True, slots=True)
 class ProcessSample:
-    """One process in a :class:`TreeSample`.
+    """One process in a `TreeSample`.
 
-    ``shared_with_parent`` and ``share_of_parent`` are :func:`forkmem.cow_report`'s ``shared``
-    and ``efficiency`` against the process's parent, for members whose parent is sampled too
-    (``None`` for the root and where the backend has no shared/private split).
+    ``shared_with_parent`` and ``share_of_parent`` are
+    [`forkmem.cow_report()`][forkmem.cow_report]'s ``shared`` and ``efficiency`` against the
+    process's parent, for members whose parent is sampled too (``None`` for the root and where the
+    backend has no shared/private split).
     """
 
     usage: MemoryUsage
@@ -172,8 +173,9 @@ def sample_tree(
     """Sample process ``pid`` (default: the caller) and, with ``tree``, all its descendants
     but those in ``skip`` (a watcher leaves itself out).
 
-    The root itself raises :class:`~forkmem.NoSuchProcess` / :class:`~forkmem.AccessDenied`
-    like :func:`forkmem.memory` (a missing root even when ``match`` would leave it out).
+    The root itself raises [`NoSuchProcess`][forkmem.NoSuchProcess] /
+    [`AccessDenied`][forkmem.AccessDenied] like [`forkmem.memory()`][forkmem.usage.memory] (a
+    missing root even when ``match`` would leave it out).
     """
     root = check_pid(pid)
     rss_breakdown(root)  # cheap: a missing root is the caller's error

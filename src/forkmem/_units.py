@@ -32,7 +32,8 @@ def parse_size(value: str | int | float) -> int:
 
     Accepts a non-negative number of bytes or a string such as ``"5 MiB"``, ``"512k"`` or
     ``"1.5GB"`` (``KiB``/``MiB``/``GiB`` and bare ``K``/``M``/``G`` are powers of 1024,
-    ``KB``/``MB``/``GB`` powers of 1000). Raises :class:`~forkmem.InvalidArgument` otherwise.
+    ``KB``/``MB``/``GB`` powers of 1000). Raises [`InvalidArgument`][forkmem.InvalidArgument]
+    otherwise.
     """
     if isinstance(value, bool):
         raise InvalidArgument(f"a size must be a number of bytes or a string, not {value!r}")

@@ -2,9 +2,10 @@
 
 A missing or stale ``.pyc`` costs every new interpreter (and every forked child that imports
 late) CPU time and private, never-shared memory for compiling; where ``__pycache__`` cannot be
-written the importer retries the write on every start. :func:`check_bytecode` finds those
-files without importing or executing anything, :func:`compile_bytecode` fixes them on request
-and :func:`warn_if_missing_bytecode` logs one warning at service start.
+written the importer retries the write on every start. [`check_bytecode()`][forkmem.check_bytecode]
+finds those files without importing or executing anything,
+[`compile_bytecode()`][forkmem.compile_bytecode] fixes them on request and
+[`warn_if_missing_bytecode()`][forkmem.warn_if_missing_bytecode] logs one warning at service start.
 """
 
 from __future__ import annotations
@@ -126,15 +127,17 @@ def check_bytecode(
     ``__spec__.origin`` (or ``__file__``) only. ``modules=`` checks the given modules (objects or
     names of loaded modules). ``paths=`` checks every ``.py`` under the given files and
     directories (a package, a site-packages) without importing anything; symlinked directories
-    are followed, loops and unreadable directories go to :attr:`BytecodeReport.problems`.
+    are followed, loops and unreadable directories go to
+    [`BytecodeReport.problems`][forkmem.BytecodeReport.problems].
 
     ``optimization`` is the level whose pyc names are checked (``0``, ``1`` for ``opt-1``,
     ``2`` for ``opt-2``); default: the running interpreter's ``sys.flags.optimize``. Each file
     is judged from its pyc's 16-byte header exactly as the importer would judge it, honouring
     ``sys.pycache_prefix`` and ``--check-hash-based-pycs``. Writes nothing.
 
-    Raises :class:`~forkmem.InvalidArgument` for bad arguments or a path that does not exist,
-    and :class:`~forkmem.UnsupportedRuntime` when this Python has no bytecode cache at all.
+    Raises [`InvalidArgument`][forkmem.InvalidArgument] for bad arguments or a path that does not
+    exist, and [`UnsupportedRuntime`][forkmem.UnsupportedRuntime] when this Python has no bytecode
+    cache at all.
     """
     if modules is not None and paths is not None:
         raise InvalidArgument("give modules= or paths=, not both")
@@ -285,17 +288,17 @@ def compile_bytecode(
 ) -> CompileResult:
     """Compile the missing, stale and unwritable files of a report (or of paths) to pycs.
 
-    ``report_or_paths`` is a :class:`BytecodeReport` (its optimization level is used) or paths
-    to check first with :func:`check_bytecode`. Files that are ok or sourceless are left alone.
-    Each pyc is written with :func:`py_compile.compile` (atomic: a temporary file then
-    ``os.replace``) at the report's cache path. The invalidation mode of an existing pyc is kept
-    (hash-based stays hash-based); otherwise py_compile's default applies (timestamp, or
-    checked-hash when ``SOURCE_DATE_EPOCH`` is set). ``invalidation_mode`` (``"timestamp"``,
-    ``"checked-hash"``, ``"unchecked-hash"``) overrides both.
+    ``report_or_paths`` is a [`BytecodeReport`][forkmem.BytecodeReport] (its optimization level is
+    used) or paths to check first with [`check_bytecode()`][forkmem.check_bytecode]. Files that are
+    ok or sourceless are left alone. Each pyc is written with `py_compile.compile()` (atomic: a
+    temporary file then ``os.replace``) at the report's cache path. The invalidation mode of an
+    existing pyc is kept (hash-based stays hash-based); otherwise py_compile's default applies
+    (timestamp, or checked-hash when ``SOURCE_DATE_EPOCH`` is set). ``invalidation_mode``
+    (``"timestamp"``, ``"checked-hash"``, ``"unchecked-hash"``) overrides both.
 
     ``workers=0`` compiles in this process; ``workers=N`` runs N fresh interpreter
     subprocesses (``sys.executable -I``), never forks. Syntax errors and write errors are
-    returned in :attr:`CompileResult.failed`, not raised.
+    returned in [`CompileResult.failed`][forkmem.CompileResult.failed], not raised.
     """
     from forkmem import _pycompile
 

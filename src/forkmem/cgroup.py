@@ -1,9 +1,9 @@
 """The calling process's memory cgroup: usage, peak, limit and the kernel's breakdown.
 
 Container memory is what the OOM killer and the orchestrator look at, and it includes what no
-process's PSS shows (page cache, slab, kernel stacks). :func:`cgroup_memory` finds the process's
-cgroup through ``/proc/self/cgroup`` and ``/proc/self/mountinfo`` (so cgroup namespaces and
-containers that mount only their own subtree work) and reads cgroup v2 or v1 files.
+process's PSS shows (page cache, slab, kernel stacks). [`cgroup_memory()`][forkmem.cgroup_memory]
+finds the process's cgroup through ``/proc/self/cgroup`` and ``/proc/self/mountinfo`` (so cgroup
+namespaces and containers that mount only their own subtree work) and reads cgroup v2 or v1 files.
 """
 
 from __future__ import annotations
@@ -69,8 +69,9 @@ def cgroup_memory(pid: int | None = None) -> CgroupMemory | None:
     """Return the memory cgroup of process ``pid`` (default: the caller), or ``None`` outside one.
 
     ``None`` also when the cgroup filesystem is not mounted where this process can see it, or
-    on platforms without cgroups. Garbled kernel files raise :class:`~forkmem.ProcParseError`;
-    a ``pid`` that does not exist raises :class:`~forkmem.NoSuchProcess`.
+    on platforms without cgroups. Garbled kernel files raise
+    [`ProcParseError`][forkmem.ProcParseError]; a ``pid`` that does not exist raises
+    [`NoSuchProcess`][forkmem.NoSuchProcess].
     """
     if pid is None:
         return _cgroup_memory("/proc/self", "")
@@ -82,7 +83,7 @@ def cgroup_memory(pid: int | None = None) -> CgroupMemory | None:
 
 
 def _cgroup_memory(proc_self: str, fs_root: str) -> CgroupMemory | None:
-    """:func:`cgroup_memory` with injectable roots (tests use crafted trees in a tmp dir).
+    """`cgroup_memory()` with injectable roots (tests use crafted trees in a tmp dir).
 
     ``proc_self`` replaces ``/proc/self``; ``fs_root`` is prefixed to every mount point.
     """

@@ -1,9 +1,9 @@
 """``forkmem doctor``: one screen on the settings that decide how much forked workers share.
 
-:func:`diagnose` looks at the bytecode cache, ``sys.dont_write_bytecode``, transparent huge
-pages, the garbage collector, the multiprocessing start method and the cgroup memory limit,
-and says for each what to do about it. It only reads: no file is written, nothing imported
-from the application.
+[`diagnose()`][forkmem.doctor.diagnose] looks at the bytecode cache, ``sys.dont_write_bytecode``,
+transparent huge pages, the garbage collector, the multiprocessing start method and the cgroup
+memory limit, and says for each what to do about it. It only reads: no file is written, nothing
+imported from the application.
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ class Finding:
 
 @dataclass(frozen=True, slots=True)
 class Diagnosis:
-    """Result of :func:`diagnose`."""
+    """Result of [`diagnose()`][forkmem.doctor.diagnose]."""
 
     findings: tuple[Finding, ...]
     """One per check, in display order."""
@@ -84,7 +84,7 @@ class Diagnosis:
         }
 
     def to_json(self, *, indent: int | None = 2) -> str:
-        """:meth:`as_dict` as a JSON string."""
+        """[`as_dict()`][forkmem.doctor.Diagnosis.as_dict] as a JSON string."""
         import json
 
         return json.dumps(self.as_dict(), indent=indent, default=str)
@@ -98,9 +98,9 @@ def diagnose(*, paths: Sequence[str] | None = None, pid: int | None = None) -> D
     method are that process's own. A check that cannot read what it needs says so as an
     ``info`` finding; it never raises.
 
-    With ``pid``, check that process from the outside instead (:func:`_diagnose_process`):
+    With ``pid``, check that process from the outside instead (`_diagnose_process()`):
     everything is read from ``/proc``, nothing of it is imported or run. Raises
-    :class:`~forkmem.NoSuchProcess` only when ``pid`` does not exist.
+    [`NoSuchProcess`][forkmem.NoSuchProcess] only when ``pid`` does not exist.
     """
     if pid is not None and pid != os.getpid():
         return _diagnose_process(pid, paths)

@@ -1,8 +1,9 @@
 """forkmem's exceptions.
 
-Every error forkmem raises derives from :class:`ForkmemError` *and* from the builtin a
-caller would naturally catch (``ProcessLookupError``, ``PermissionError``, ``ValueError``...),
-so ``except ProcessLookupError`` keeps working for code that never heard of forkmem.
+Every error forkmem raises derives from [`ForkmemError`][forkmem.ForkmemError] *and* from the
+builtin a caller would naturally catch (``ProcessLookupError``, ``PermissionError``,
+``ValueError``...), so ``except ProcessLookupError`` keeps working for code that never heard of
+forkmem.
 """
 
 from __future__ import annotations
@@ -104,9 +105,9 @@ class WorkerLost(ChildCrashed):
     """A pool worker died (``SIGKILL``, the OOM killer, ``os._exit``) before finishing a task.
 
     The task that worker was running fails with this error; the pool replaces the worker and
-    keeps going. Also raised for tasks a :meth:`~multiprocessing.pool.Pool.terminate` cut short.
+    keeps going. Also raised for tasks a `terminate()` cut short.
     ``pid`` is the lost worker (``None`` when no worker had started the task) and ``exitcode``
-    its exit status (``-signal`` for a signal), as for :class:`ChildCrashed`.
+    its exit status (``-signal`` for a signal), as for [`ChildCrashed`][forkmem.ChildCrashed].
     """
 
     def __init__(

@@ -2,7 +2,7 @@
 
 The state is a few module globals. A forked child inherits a copy of them, so the pid stored
 there is, by construction, the pid of the process this one was forked from. forkmem's
-after-fork trampoline (see :mod:`forkmem.hooks`) records each fork; a fork done in C that runs
+after-fork trampoline (see `forkmem.hooks`) records each fork; a fork done in C that runs
 no Python hooks is still noticed lazily, by the pid having changed.
 """
 

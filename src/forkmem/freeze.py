@@ -8,7 +8,8 @@ Why not ``before=gc.freeze, after_in_parent=gc.unfreeze``: ``gc.freeze()`` reset
 collector's counters and ``gc.unfreeze()`` puts every frozen object into the *oldest*
 generation, so the young garbage of each iteration skips the young collections and piles up
 waiting for a full collection that the reset counters never trigger (Airflow PR #60505).
-:func:`freeze_around_fork` leaves the parent's collector alone and freezes in the child instead.
+[`freeze_around_fork()`][forkmem.freeze_around_fork] leaves the parent's collector alone and freezes
+in the child instead.
 """
 
 from __future__ import annotations
@@ -68,7 +69,7 @@ _pinned = False
 
 @dataclass(frozen=True, slots=True)
 class FreezeReport:
-    """What entering a :func:`frozen` block did."""
+    """What entering a [`frozen()`][forkmem.frozen] block did."""
 
     objects_frozen: int
     """Objects this block moved into the permanent generation."""
@@ -80,9 +81,9 @@ class FreezeReport:
     seconds: float
     """Wall time of the collection, the freeze (and the warmup when asked), in seconds."""
     collector: CollectorKind
-    """The collector design (see :func:`forkmem.gc_info`)."""
+    """The collector design (see [`forkmem.gc_info()`][forkmem.gc_info])."""
     depth: int
-    """Nesting level: 1 for the outermost :func:`frozen` block."""
+    """Nesting level: 1 for the outermost [`frozen()`][forkmem.frozen] block."""
     warmup: WarmupReport | None = None
     """The ``forkmem.WarmupReport`` when ``warmup=True``, else ``None``."""
 
@@ -224,7 +225,7 @@ def block(
     warmup: bool = False,
     immortalize: bool = False,
 ) -> frozen:
-    """A :class:`frozen` block that may warm up (the integrations' options map onto it)."""
+    """A `frozen` block that may warm up (the integrations' options map onto it)."""
     made = frozen.__new__(frozen)
     made._setup(collect, unfreeze, warmup, immortalize)
     return made
@@ -244,8 +245,8 @@ def freeze_heap(*, collect: bool = True) -> FreezeReport:
     The verb for a parent that loaded what its workers share and is about to fork them (a
     server's "ready" hook, the end of an application factory). ``collect=False`` skips the
     full collection. To warm the heap up as well (str hashes, ``malloc_trim``, immortal objects),
-    call :func:`forkmem.warmup` instead: it freezes too. For a freeze that ends with a block
-    (optionally unfreezing), use :class:`frozen`.
+    call [`forkmem.warmup()`][forkmem.warm.warmup] instead: it freezes too. For a freeze that ends
+    with a block (optionally unfreezing), use [`frozen`][forkmem.frozen].
     """
     return prepare(collect=collect)
 
@@ -276,7 +277,7 @@ def gc_paused() -> Iterator[None]:
 
 
 class FreezeAroundFork:
-    """Handle returned by :func:`freeze_around_fork`; :meth:`remove` turns it off."""
+    """Handle returned by `freeze_around_fork()`; `remove()` turns it off."""
 
     __slots__ = (
         "_full_runs",
@@ -404,18 +405,20 @@ def freeze_around_fork(strategy: Strategy = "young") -> FreezeAroundFork:
     - ``"young"`` (default): ``gc.collect(1)``, the young generations, so the child does not
       inherit (and freeze) young garbage. Explicit young collections pre-empt the automatic
       ones, so on the generational collector the handle also runs the full collection CPython
-      would have run, by CPython's own rule (see :attr:`FreezeAroundFork.full_collections`).
-      Costs about a plain fork and the parent does not grow (see the fork-loop benchmark).
+      would have run, by CPython's own rule (see
+      [`FreezeAroundFork.full_collections`][forkmem.FreezeAroundFork.full_collections]). Costs about
+      a plain fork and the parent does not grow (see the fork-loop benchmark).
     - ``"full"``: a full ``gc.collect()``: no garbage at all reaches the child, at the cost of a
       full collection per fork.
     - ``"naive"``: ``gc.freeze()`` in the parent before the fork and ``gc.unfreeze()`` after it:
-      the pattern that leaks, kept to compare. It steps aside while a :func:`frozen` block owns
-      the permanent generation.
+      the pattern that leaks, kept to compare. It steps aside while a [`frozen()`][forkmem.frozen]
+      block owns the permanent generation.
 
-    Built on :func:`forkmem.at_fork`, so ``run_fork_hooks("after_in_child")`` freezes children
-    of servers that fork in C. The collections are skipped while the collector is disabled. On
-    collectors where freezing walks the heap (incremental, free-threaded) every child pays for
-    that walk: a :class:`~forkmem.ForkmemWarning` says so, and :func:`frozen` once is better.
+    Built on [`forkmem.at_fork()`][forkmem.at_fork], so ``run_fork_hooks("after_in_child")`` freezes
+    children of servers that fork in C. The collections are skipped while the collector is disabled.
+    On collectors where freezing walks the heap (incremental, free-threaded) every child pays for
+    that walk: a [`ForkmemWarning`][forkmem.ForkmemWarning] says so, and
+    [`frozen()`][forkmem.frozen] once is better.
     """
     if strategy not in _STRATEGIES:
         raise InvalidArgument(

@@ -1,10 +1,10 @@
 """A fork hook registry: like ``os.register_at_fork``, but removable, inspectable and failure-safe.
 
-forkmem registers one trampoline with :func:`os.register_at_fork` when this module is imported.
-The trampoline runs the hooks registered with :func:`at_fork` in the stdlib's order ("before"
-hooks newest first, "after" hooks oldest first). A hook that raises (anything, BaseExceptions
-included) is logged on the ``"forkmem.hooks"`` logger with its name, recorded for
-:func:`hook_errors`, and the other hooks and the fork itself go on.
+forkmem registers one trampoline with `os.register_at_fork()` when this module is imported.
+The trampoline runs the hooks registered with [`at_fork()`][forkmem.at_fork] in the stdlib's order
+("before" hooks newest first, "after" hooks oldest first). A hook that raises (anything,
+BaseExceptions included) is logged on the ``"forkmem.hooks"`` logger with its name, recorded for
+[`hook_errors()`][forkmem.hook_errors], and the other hooks and the fork itself go on.
 
 Thread safety without a lock in the child: registration replaces an immutable tuple under a lock;
 the trampoline only reads the tuple (one atomic load), so it never waits on the lock. The child
@@ -72,10 +72,10 @@ class HookError:
 
 
 class ForkHook:
-    """A registered set of fork callbacks; returned by :func:`at_fork`.
+    """A registered set of fork callbacks; returned by [`at_fork()`][forkmem.at_fork].
 
-    Call :meth:`remove` to unregister it (idempotent). The callables take no arguments,
-    like those of :func:`os.register_at_fork`.
+    Call [`remove()`][forkmem.ForkHook.remove] to unregister it (idempotent). The callables take no
+    arguments, like those of `os.register_at_fork()`.
     """
 
     __slots__ = ("__weakref__", "after_in_child", "after_in_parent", "before", "name")
@@ -138,20 +138,21 @@ def at_fork(
     *,
     name: str | None = None,
 ) -> ForkHook:
-    """Register callables to run around every ``os.fork()``; returns a removable :class:`ForkHook`.
+    """Register callables to run around every ``os.fork()``; returns a removable `ForkHook`.
 
     ``before`` runs in the parent just before the fork, ``after_in_parent`` in the parent after
-    it, ``after_in_child`` in the new child. Like :func:`os.register_at_fork`, "before" hooks run
+    it, ``after_in_child`` in the new child. Like `os.register_at_fork()`, "before" hooks run
     newest first and "after" hooks oldest first, and they fire for ``os.fork()``, ``pty.fork()``
     and multiprocessing's "fork" start method (not for ``subprocess`` or "spawn"). A raising hook
-    is logged and recorded (see :func:`hook_errors`); the fork and the other hooks proceed. That
+    is logged and recorded (see [`hook_errors()`][forkmem.hook_errors]); the fork and the other
+    hooks proceed. That
     holds for ``BaseException`` too (``KeyboardInterrupt``, ``SystemExit``, ``GeneratorExit``):
     recorded and logged at ERROR like the others, never re-raised out of ``os.fork()`` (CPython
-    drops any exception leaving a fork callback). :func:`run_fork_hooks` re-raises them once
-    every hook of the phase has run.
+    drops any exception leaving a fork callback). [`run_fork_hooks()`][forkmem.run_fork_hooks]
+    re-raises them once every hook of the phase has run.
 
-    ``name`` identifies the hook in logs and :func:`hook_errors`; it defaults to the qualified
-    name of the first callable given.
+    ``name`` identifies the hook in logs and [`hook_errors()`][forkmem.hook_errors]; it defaults to
+    the qualified name of the first callable given.
     """
     _check(before, "before")
     _check(after_in_parent, "after_in_parent")
@@ -194,7 +195,7 @@ def before_fork(
     """Decorator: run ``fn`` in the parent before every fork.
 
     Use as ``@before_fork`` or ``@before_fork(name=...)``. The function is returned unchanged;
-    find its :class:`ForkHook` in :func:`fork_hooks` to remove it.
+    find its [`ForkHook`][forkmem.ForkHook] in [`fork_hooks()`][forkmem.fork_hooks] to remove it.
     """
     return _decorator("before", fn, name)
 
@@ -305,10 +306,10 @@ def _reset_in_child(*, via_hook: bool) -> None:
 def run_fork_hooks(phase: Phase) -> tuple[HookError, ...]:
     """Run the registered hooks of one ``phase`` now; returns this run's failures.
 
-    For servers that fork in C, where :func:`os.register_at_fork` callbacks never fire (uWSGI
+    For servers that fork in C, where `os.register_at_fork()` callbacks never fire (uWSGI
     without ``--py-call-osafterfork``): call ``run_fork_hooks("after_in_child")`` from the
     server's own post-fork hook. In the "after_in_child" phase it also resets the registry's lock
-    and records the fork for :func:`forkmem.fork_info`, once per process.
+    and records the fork for [`forkmem.fork_info()`][forkmem.fork_info], once per process.
 
     Every hook runs even when an earlier one raises. Exceptions are recorded and logged; the
     first ``BaseException`` that is not an ``Exception`` (``KeyboardInterrupt``,

@@ -1,4 +1,4 @@
-"""Deprecated: the module ``forkmem.memory`` is now :mod:`forkmem.usage` (see ``_renamed``)."""
+"""Deprecated: the module ``forkmem.memory`` is now `forkmem.usage` (see ``_renamed``)."""
 
 from __future__ import annotations
 

@@ -2,8 +2,8 @@
 
 Needs the ``metrics`` extra (``pip install 'forkmem[metrics]'``, the official
 ``prometheus_client``); importing this module without it raises
-:class:`~forkmem.MissingDependency`. :class:`TreeCollector` plugs into any
-``prometheus_client`` registry; :func:`serve_metrics` serves one on its own port, which is
+`MissingDependency`. `TreeCollector` plugs into any
+``prometheus_client`` registry; `serve_metrics()` serves one on its own port, which is
 what ``forkmem export`` runs.
 
 Names follow Prometheus's conventions: the ``forkmem_`` prefix, base units with a ``_bytes``
@@ -100,7 +100,7 @@ class TreeCollector:
 
 
 class MetricsServer:
-    """A running ``/metrics`` endpoint; ``port`` is the bound port, :meth:`close` stops it."""
+    """A running ``/metrics`` endpoint; ``port`` is the bound port, `close()` stops it."""
 
     def __init__(self, host: str, port: int, collector: TreeCollector) -> None:
         registry = CollectorRegistry(auto_describe=False)
@@ -129,7 +129,7 @@ def serve_metrics(
 ) -> MetricsServer:
     """Serve ``/metrics`` for the tree of ``pid`` on ``listen`` from a daemon thread.
 
-    Port 0 picks a free port (see :attr:`MetricsServer.port`). The registry is the server's
+    Port 0 picks a free port (see `MetricsServer.port`). The registry is the server's
     own, so an application's default registry is never touched.
     """
     host, port = parse_listen(listen)

@@ -10,9 +10,9 @@ Where the freeze has to happen depends on the start method:
   later (``maxtasksperchild``, a crashed worker) are started under a young-collect-then-freeze.
 - ``"forkserver"``: workers are forked from the fork server, not from the parent, so the freeze
   has to run *inside the fork server*, after the modules it preloads. forkmem appends
-  :mod:`forkmem._forkserver_preload` to the preload list, last, before the server starts.
+  `forkmem._forkserver_preload` to the preload list, last, before the server starts.
 - ``"spawn"``: every worker is a fresh interpreter; nothing can be shared. A
-  :class:`~forkmem.ForkmemWarning` says so and a plain pool is returned.
+  [`ForkmemWarning`][forkmem.ForkmemWarning] says so and a plain pool is returned.
 """
 
 from __future__ import annotations
@@ -229,33 +229,35 @@ def fork_pool(
     recycle_measure: str = "uss",
     recycle_samples: int = 2,
 ) -> multiprocessing.pool.Pool:
-    """A :class:`multiprocessing.pool.Pool` whose workers start from a frozen parent heap.
+    """A `multiprocessing.pool.Pool` whose workers start from a frozen parent heap.
 
     Unlike the stdlib pool it survives killed workers: a worker that dies (``SIGKILL``, the OOM
-    killer) fails the task it had started with :class:`~forkmem.WorkerLost` and is replaced;
+    killer) fails the task it had started with `WorkerLost` and is replaced;
     ``close()``/``join()``/``terminate()`` always return.
 
-    Takes :class:`multiprocessing.pool.Pool`'s arguments, plus:
+    Takes `multiprocessing.pool.Pool`'s arguments, plus:
 
     - ``context``: a start method name (``"fork"``, ``"forkserver"``, ``"spawn"``) or a
       multiprocessing context; ``None`` uses multiprocessing's current default.
     - ``unfreeze``: under ``"fork"``, unfreeze the parent once its workers have started (the
       default, LocalExecutor's pattern: the parent's own garbage stays collectable). ``False``
       keeps the parent heap frozen, for parents that will fork again.
-    - ``warmup``: run :func:`forkmem.warmup` instead of a plain collect-and-freeze (in the
-      parent under ``"fork"``, in the fork server under ``"forkserver"``).
+    - ``warmup``: run [`forkmem.warmup()`][forkmem.warm.warmup] instead of a plain
+      collect-and-freeze (in the parent under ``"fork"``, in the fork server under
+      ``"forkserver"``).
     - ``sample_memory``: each worker samples its own peak USS and private dirty memory (at most
       1% of one CPU) and logs it on the ``"forkmem"`` logger when it exits.
-    - ``max_private_memory``: recycle by memory (see :mod:`forkmem.recycle`). A worker whose
+    - ``max_private_memory``: recycle by memory (see `forkmem.recycle`). A worker whose
       ``recycle_measure`` (USS by default) stays above this size (``"200 MiB"`` or bytes) for
       ``recycle_samples`` consecutive samples is replaced after its current task; no result is
       lost. ``max_private_memory_hard`` ends a worker at once (its task fails with
-      :class:`~forkmem.WorkerLost`). Recycles are counted in :func:`forkmem.recycle_stats`.
+      [`WorkerLost`][forkmem.WorkerLost]). Recycles are counted in
+      [`forkmem.recycle_stats()`][forkmem.recycle.recycle_stats].
 
     Under ``"forkserver"`` the freeze runs inside the fork server after its own preloads (put
-    the modules your workers share in :func:`multiprocessing.set_forkserver_preload` *before*
-    calling this). Under ``"spawn"`` nothing can be shared: a :class:`~forkmem.ForkmemWarning`
-    is issued and an ordinary pool returned.
+    the modules your workers share in `multiprocessing.set_forkserver_preload()` *before*
+    calling this). Under ``"spawn"`` nothing can be shared: a
+    [`ForkmemWarning`][forkmem.ForkmemWarning] is issued and an ordinary pool returned.
     """
     _check_count("processes", processes)
     _check_count("maxtasksperchild", maxtasksperchild)
@@ -310,13 +312,14 @@ def process_pool_executor(
     warmup: bool = False,
     sample_memory: bool = False,
 ) -> ProcessPoolExecutor:
-    """A :class:`concurrent.futures.ProcessPoolExecutor` whose workers start from a frozen heap.
+    """A `concurrent.futures.ProcessPoolExecutor` whose workers start from a frozen heap.
 
-    The options are those of :func:`fork_pool`. Under ``"fork"`` every worker is started here,
-    at once, inside the freeze (the stdlib would start them at the first ``submit()``, from
-    whatever heap the parent has by then). Under ``"forkserver"`` the fork server freezes its
-    heap after its preloads and workers start on demand, as usual. ``max_tasks_per_child``
-    needs Python 3.11+ and a start method other than ``"fork"`` (a stdlib rule).
+    The options are those of [`fork_pool()`][forkmem.pool.fork_pool]. Under ``"fork"`` every worker
+    is started here, at once, inside the freeze (the stdlib would start them at the first
+    ``submit()``, from whatever heap the parent has by then). Under ``"forkserver"`` the fork server
+    freezes its heap after its preloads and workers start on demand, as usual.
+    ``max_tasks_per_child`` needs Python 3.11+ and a start method other than ``"fork"`` (a stdlib
+    rule).
     """
     _check_count("max_workers", max_workers)
     _check_count("max_tasks_per_child", max_tasks_per_child)

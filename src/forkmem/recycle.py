@@ -5,14 +5,15 @@ before it allocates anything, so an RSS limit either restarts healthy workers or
 that a leak runs free. A worker's USS (its Private_Clean + Private_Dirty pages) is what it
 alone holds, what a leak grows, and what restarting it gives back.
 
-:class:`RecyclePolicy` holds the limits. In each worker a :class:`RecycleMonitor` is fed every
-sample of the per-worker memory sampler (at most 1% of one CPU): a *soft* limit exceeded for
-``samples`` consecutive samples asks the worker to leave after its current request or task
-(the integration decides how: gunicorn's graceful exit, billiard's recycle, the pool's stop
-message); an optional *hard* limit ends the worker at once (``SIGKILL``, the OOM killer's way,
-but before the OOM killer picks a victim). Each decision is logged on the ``"forkmem.recycle"``
+[`RecyclePolicy`][forkmem.recycle.RecyclePolicy] holds the limits. In each worker a
+[`RecycleMonitor`][forkmem.recycle.RecycleMonitor] is fed every sample of the per-worker memory
+sampler (at most 1% of one CPU): a *soft* limit exceeded for ``samples`` consecutive samples asks
+the worker to leave after its current request or task (the integration decides how: gunicorn's
+graceful exit, billiard's recycle, the pool's stop message); an optional *hard* limit ends the
+worker at once (``SIGKILL``, the OOM killer's way, but before the OOM killer picks a victim). Each
+decision is logged on the ``"forkmem.recycle"``
 logger with its numbers, and the process that owns the workers counts them:
-:func:`recycle_stats`.
+[`recycle_stats()`][forkmem.recycle.recycle_stats].
 """
 
 from __future__ import annotations
@@ -60,7 +61,8 @@ class RecyclePolicy:
     ``max_private_memory`` is the soft limit (bytes): a worker whose ``measure`` stays above it
     for ``samples`` consecutive samples leaves after its current request or task.
     ``max_private_memory_hard`` (bytes, optional, above the soft limit) ends it at the first
-    sample over it. Build one from user input (sizes like ``"200 MiB"``) with :meth:`build`.
+    sample over it. Build one from user input (sizes like ``"200 MiB"``) with
+    [`build()`][forkmem.recycle.RecyclePolicy.build].
     """
 
     max_private_memory: int | None
@@ -170,9 +172,10 @@ class RecycleEvent:
 class RecycleMonitor:
     """Decides, sample by sample, when one worker must go (runs in the worker).
 
-    Give :meth:`observe` as the sampler's ``on_sample``. ``served`` counts the requests or tasks
-    done so far; ``on_soft`` asks the worker to leave after its current one (called once);
-    ``on_hard`` ends it now (default: ``SIGKILL`` to itself, after the log line is written).
+    Give [`observe()`][forkmem.recycle.RecycleMonitor.observe] as the sampler's ``on_sample``.
+    ``served`` counts the requests or tasks done so far; ``on_soft`` asks the worker to leave after
+    its current one (called once); ``on_hard`` ends it now (default: ``SIGKILL`` to itself, after
+    the log line is written).
     """
 
     def __init__(
@@ -251,7 +254,7 @@ class RecycleSlot:
     """A few bytes shared between a parent and the worker it is about to fork.
 
     Create it in the parent *before* the fork; the worker's monitor writes its decision into it;
-    the parent :meth:`read` s it after the worker is gone, even after a ``SIGKILL``.
+    the parent `read()` s it after the worker is gone, even after a ``SIGKILL``.
     """
 
     __slots__ = ("_map",)
@@ -337,7 +340,7 @@ def record_recycle(event: RecycleEvent) -> None:
 
 
 def register_collector(collect: Callable[[], None]) -> None:
-    """Run ``collect`` before each :func:`recycle_stats` (an integration that counts lazily)."""
+    """Run ``collect`` before each `recycle_stats()` (an integration that counts lazily)."""
     with _lock:
         if collect not in _collectors:
             _collectors.append(collect)
@@ -347,7 +350,7 @@ def recycle_stats() -> RecycleStats:
     """How many workers this process's integrations recycled for memory, and the last one.
 
     Call it in the process that owns the workers: the gunicorn master, the Celery main process,
-    the parent of a :func:`~forkmem.pool.fork_pool`. Counts only grow (counter semantics).
+    the parent of a [`fork_pool()`][forkmem.pool.fork_pool]. Counts only grow (counter semantics).
     """
     with _lock:
         collectors = list(_collectors)

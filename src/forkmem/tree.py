@@ -1,8 +1,9 @@
 """A process tree's real footprint, and how much each forked child still shares.
 
-:func:`memory_tree` measures a process and all its descendants (found with psutil) and sums
-them: ``total_pss`` is what the tree really costs, ``shared_savings`` what copy-on-write saves
-compared with counting every RSS in full. :func:`cow_report` compares one child with its parent.
+[`memory_tree()`][forkmem.memory_tree] measures a process and all its descendants (found with
+psutil) and sums them: ``total_pss`` is what the tree really costs, ``shared_savings`` what
+copy-on-write saves compared with counting every RSS in full. [`cow_report()`][forkmem.cow_report]
+compares one child with its parent.
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ class CowReport:
 class TreeUsage:
     """Memory of a process and all its descendants.
 
-    - ``processes``: one :class:`~forkmem.MemoryUsage` per process, the root first.
+    - ``processes``: one [`MemoryUsage`][forkmem.MemoryUsage] per process, the root first.
     - ``skipped``: descendants that exited (or became zombies) during the walk.
     - ``denied``: descendants whose memory the caller may not read (another user's).
     - ``total_pss``: the tree's real footprint (shared pages divided among their mappers).
@@ -67,7 +68,7 @@ class TreeUsage:
     shared_savings: int | None
 
     def cow_reports(self) -> tuple[CowReport, ...]:
-        """Return a :class:`CowReport` of every descendant against the root process."""
+        """Return a `CowReport` of every descendant against the root process."""
         parent = self.processes[0]
         return tuple(cow_report(parent, child) for child in self.processes[1:])
 
@@ -98,7 +99,8 @@ def memory_tree(pid: int | None = None) -> TreeUsage:
 
     Descendants that exit during the walk are counted in ``skipped`` and ones the caller may not
     read in ``denied``; neither is an error. The root itself raises
-    :class:`~forkmem.NoSuchProcess` or :class:`~forkmem.AccessDenied` like :func:`forkmem.memory`.
+    [`NoSuchProcess`][forkmem.NoSuchProcess] or [`AccessDenied`][forkmem.AccessDenied] like
+    [`forkmem.memory()`][forkmem.usage.memory].
     """
     root_pid = check_pid(pid)
     root = memory(root_pid)
@@ -130,11 +132,11 @@ def _measure(pid: object) -> MemoryUsage:
 
 
 def cow_report(parent: int | MemoryUsage, child: int | MemoryUsage) -> CowReport:
-    """Compare a forked ``child`` with its ``parent`` (pids, or earlier :func:`memory` results).
+    """Compare a forked ``child`` with its ``parent`` (pids, or earlier `memory()` results).
 
-    Passing pids measures both now. Raises :class:`~forkmem.UnsupportedPlatform` where the
-    backend has no shared/private split (psutil outside Linux), and
-    :class:`~forkmem.InvalidArgument` for anything that is neither a pid nor a result.
+    Passing pids measures both now. Raises [`UnsupportedPlatform`][forkmem.UnsupportedPlatform]
+    where the backend has no shared/private split (psutil outside Linux), and
+    [`InvalidArgument`][forkmem.InvalidArgument] for anything that is neither a pid nor a result.
     """
     p = parent if isinstance(parent, MemoryUsage) else _measure(parent)
     c = child if isinstance(child, MemoryUsage) else _measure(child)

@@ -1,4 +1,4 @@
-"""Prepare the parent's heap once, before forking workers: :func:`warmup`.
+"""Prepare the parent's heap once, before forking workers: [`warmup()`][forkmem.warm.warmup].
 
 The steps, in order: a full collection; precomputing the hash of every reachable str (the first
 ``hash()`` of a str writes into it, which would otherwise happen in every child); optionally
@@ -26,7 +26,7 @@ _log = logging.getLogger("forkmem.warmup")
 
 @dataclass(frozen=True, slots=True)
 class WarmupReport:
-    """What :func:`warmup` did.
+    """What [`warmup()`][forkmem.warm.warmup] did.
 
     Attributes:
         immortalize: whether immortalization was asked for (and done).
@@ -77,11 +77,11 @@ def warmup(
     finalizers never run. Use ``immortalize=True`` once, before a long-lived fork loop, on what
     lives as long as the process anyway (imports, configuration, a preloaded app). Objects with
     a finalizer (``__del__``), frames, generators and coroutines, and objects a weak-reference
-    callback waits for stay mortal; :attr:`WarmupReport.skipped` counts them.
+    callback waits for stay mortal; `WarmupReport.skipped` counts them.
 
     Args:
         immortalize: make every object alive now immortal, so children never write their
-            reference counts. Raises :class:`~forkmem.errors.UnsupportedRuntime` (a
+            reference counts. Raises [`UnsupportedRuntime`][forkmem.UnsupportedRuntime] (a
             ``NotImplementedError``) before changing anything unless the interpreter is a
             64-bit little-endian CPython 3.12+ release build with the GIL whose object header
             the runtime probe recognises (tested on 3.12, 3.13, 3.14 and 3.15).
@@ -89,7 +89,7 @@ def warmup(
         trim: call ``malloc_trim(0)`` where glibc provides it.
 
     Returns:
-        A :class:`WarmupReport`.
+        A [`WarmupReport`][forkmem.WarmupReport].
 
     Raises:
         InvalidArgument: an argument is not a bool.

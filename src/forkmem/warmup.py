@@ -1,4 +1,4 @@
-"""Deprecated: the module ``forkmem.warmup`` is now :mod:`forkmem.warm` (see ``_renamed``)."""
+"""Deprecated: the module ``forkmem.warmup`` is now `forkmem.warm` (see ``_renamed``)."""
 
 from __future__ import annotations
 

@@ -4,8 +4,8 @@ A rehearsal runs real requests (or tasks) in the process that will fork the work
 caches they fill are built once and shared. What else they leave behind must not reach the
 workers: a database connection shared by several processes corrupts its protocol stream, a
 socket one worker closes is closed under the others, and a thread does not exist in a child at
-all while the locks it held stay locked there. :func:`snapshot` records the state before the
-rehearsal, :func:`settle` puts it back afterwards or refuses.
+all while the locks it held stay locked there. `snapshot()` records the state before the
+rehearsal, `settle()` puts it back afterwards or refuses.
 
 Database libraries are handled only if the app already imported them: forkmem never imports
 one to look.
@@ -45,7 +45,7 @@ class Snapshot:
 
 @dataclass(frozen=True, slots=True)
 class Settled:
-    """What :func:`settle` undid."""
+    """What `settle()` undid."""
 
     databases_closed: tuple[str, ...] = ()
     sockets_closed: int = 0
@@ -162,7 +162,7 @@ def settle(before: Snapshot, *, what: str) -> Settled:
     """Undo what running app code since ``before`` left that cannot cross a fork.
 
     Closes Django's database connections and disposes SQLAlchemy engines (if the app imported
-    them), then closes every socket opened since ``before``. Raises :class:`UnsafeToFork`
+    them), then closes every socket opened since ``before``. Raises `UnsafeToFork`
     (naming them) if threads started since ``before`` are still running after a short grace:
     forking now could leave a lock they hold locked forever in every worker.
     """

@@ -1,11 +1,12 @@
-"""gunicorn's side of memory recycling (private; the hooks in :mod:`.gunicorn` call it).
+"""gunicorn's side of memory recycling (private; the hooks in `.gunicorn` call it).
 
-Master, before the fork: a :class:`~forkmem.recycle.RecycleSlot` for the worker. Worker: a
-:class:`~forkmem.recycle.RecycleMonitor` fed by the worker's sampler. Over the soft limit it
-sends the worker ``SIGTERM``, gunicorn's graceful stop: the worker finishes the request it is
+Master, before the fork: a `RecycleSlot` for the worker. Worker: a
+[`RecycleMonitor`][forkmem.recycle.RecycleMonitor] fed by the worker's sampler. Over the soft limit
+it sends the worker ``SIGTERM``, gunicorn's graceful stop: the worker finishes the request it is
 serving, leaves its loop and exits, and the arbiter forks a replacement (as for
 ``max_requests``). Over the hard limit the worker is ``SIGKILL``-ed. Master, after reaping:
-the slot says whether memory ended the worker, and :func:`forkmem.recycle_stats` counts it.
+the slot says whether memory ended the worker, and
+[`forkmem.recycle_stats()`][forkmem.recycle.recycle_stats] counts it.
 """
 
 from __future__ import annotations

@@ -127,10 +127,10 @@ def _serve_one(worker: Any, wire: bytes) -> bytes:
 
 def rehearse(server: Any, requests: Sequence[Request]) -> RehearsalReport:
     """Serve each request in this process with a sync worker object of ``server`` (the
-    arbiter), then :func:`settle` what the app left behind.
+    arbiter), then `settle()` what the app left behind.
 
     A request that raises or answers anything but 2xx is logged with its path and counted in
-    ``failed``; the others still run. Raises :class:`~forkmem.UnsafeToFork` when the app left
+    ``failed``; the others still run. Raises `UnsafeToFork` when the app left
     threads running.
     """
     from gunicorn.workers.sync import SyncWorker

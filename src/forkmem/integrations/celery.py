@@ -14,7 +14,7 @@
 - ``worker_process_shutdown`` (in the child, when it leaves normally): log its peak private
   memory on the ``"forkmem"`` logger.
 
-Celery is imported only when :func:`install` is called.
+Celery is imported only when [`install()`][forkmem.integrations.celery.install] is called.
 """
 
 from __future__ import annotations
@@ -65,8 +65,8 @@ def install(
 ) -> None:
     """Apply forkmem to the prefork pool of Celery ``app``'s workers. Call it where the app is made.
 
-    ``warmup`` runs :func:`forkmem.warmup` (``immortalize`` passed on) instead of a plain
-    collect-and-freeze. ``sample_memory`` samples each child's peak private memory at most
+    ``warmup`` runs [`forkmem.warmup()`][forkmem.warm.warmup] (``immortalize`` passed on) instead of
+    a plain collect-and-freeze. ``sample_memory`` samples each child's peak private memory at most
     ``duty_cycle`` of one CPU and logs it when the child exits. Calling it again for the same
     app replaces the options. With ``FORKMEM_DISABLE=1`` in the environment it does nothing.
     """

@@ -10,9 +10,11 @@ The import defines ``when_ready``, ``pre_fork``, ``post_fork``, ``worker_exit`` 
 ``child_exit``; gunicorn picks them up by name.
 
 Where each hook runs (gunicorn's arbiter): the master loads the app (``preload_app``), opens the
-listeners, calls :func:`when_ready`, then for each worker :func:`pre_fork`, ``os.fork()``, and in
-the worker :func:`post_fork` before it starts serving. A worker that ends runs
-:func:`worker_exit`; the master reaps it and calls :func:`child_exit` (also after a ``SIGKILL``).
+listeners, calls [`when_ready()`][forkmem.integrations.gunicorn.when_ready], then for each worker
+[`pre_fork()`][forkmem.integrations.gunicorn.pre_fork], ``os.fork()``, and in the worker
+[`post_fork()`][forkmem.integrations.gunicorn.post_fork] before it starts serving. A worker that
+ends runs [`worker_exit()`][forkmem.integrations.gunicorn.worker_exit]; the master reaps it and
+calls [`child_exit()`][forkmem.integrations.gunicorn.child_exit] (also after a ``SIGKILL``).
 
 This module does not import gunicorn: the hooks only use the objects gunicorn passes in.
 """
@@ -74,25 +76,26 @@ def configure(
 ) -> None:
     """Change what the hooks do; call it in ``gunicorn.conf.py`` (the master reads the file).
 
-    ``warmup`` (the default) runs :func:`forkmem.warmup` in :func:`when_ready`; ``False`` is a
-    plain collect-and-freeze. ``immortalize`` is passed on to it: ``None`` (the default) means
-    wherever the runtime supports it (CPython 3.12/3.13), with one log line where it does not.
-    ``rehearse`` lists requests the master serves itself, through gunicorn's own request path
-    and the preloaded app, before the warm-up: paths (``"/"``, ``"/admin/login/?next=/"``) or
-    environ-style dicts (``REQUEST_METHOD``, ``PATH_INFO``, ``QUERY_STRING``, ``CONTENT_TYPE``,
-    ``HTTP_*``). What the app builds on its first requests is then built once and shared by
-    every worker; database connections and sockets it opened are closed, and threads it left
-    running raise :class:`~forkmem.UnsafeToFork` (see ``docs/integrations/gunicorn.md``).
-    ``sample_memory`` samples each worker's peak private memory at most ``duty_cycle`` of one
-    CPU, logged at :func:`child_exit`.
+    ``warmup`` (the default) runs [`forkmem.warmup()`][forkmem.warm.warmup] in
+    [`when_ready()`][forkmem.integrations.gunicorn.when_ready]; ``False`` is a plain
+    collect-and-freeze. ``immortalize`` is passed on to it: ``None`` (the default) means wherever
+    the runtime supports it (CPython 3.12/3.13), with one log line where it does not. ``rehearse``
+    lists requests the master serves itself, through gunicorn's own request path and the preloaded
+    app, before the warm-up: paths (``"/"``, ``"/admin/login/?next=/"``) or environ-style dicts
+    (``REQUEST_METHOD``, ``PATH_INFO``, ``QUERY_STRING``, ``CONTENT_TYPE``, ``HTTP_*``). What the
+    app builds on its first requests is then built once and shared by every worker; database
+    connections and sockets it opened are closed, and threads it left running raise
+    [`UnsafeToFork`][forkmem.UnsafeToFork] (see ``docs/integrations/gunicorn.md``).
+    ``sample_memory`` samples each worker's peak private memory at most ``duty_cycle`` of one CPU,
+    logged at [`child_exit()`][forkmem.integrations.gunicorn.child_exit].
 
     ``max_private_memory`` (``"200 MiB"`` or bytes) recycles a worker whose private memory
     (``recycle_measure``: USS by default) stays above it for ``recycle_samples`` consecutive
     samples: it finishes its current request and exits, and the arbiter forks a replacement.
-    ``max_private_memory_hard`` ends a worker at once (``SIGKILL``). See :mod:`forkmem.recycle`.
+    ``max_private_memory_hard`` ends a worker at once (``SIGKILL``). See `forkmem.recycle`.
     ``metrics="127.0.0.1:9464"`` serves Prometheus metrics for the master and its workers
     there (the ``metrics`` extra), from a ``forkmem export`` process the master starts in
-    :func:`when_ready`.
+    [`when_ready()`][forkmem.integrations.gunicorn.when_ready].
     """
     policy = RecyclePolicy.build(
         max_private_memory,
@@ -222,7 +225,8 @@ def worker_exit(server: Any, worker: Any) -> None:
 def child_exit(server: Any, worker: Any) -> None:
     """Master, after reaping a worker (however it ended): log the worker's peak private memory.
 
-    A worker that memory recycling ended is counted in :func:`forkmem.recycle_stats`.
+    A worker that memory recycling ended is counted in
+    [`forkmem.recycle_stats()`][forkmem.recycle.recycle_stats].
     """
     _recycle.collect(worker)
     slot = getattr(worker, "_forkmem_slot", None)

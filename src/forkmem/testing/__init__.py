@@ -2,7 +2,7 @@
 
 ``run_in_child`` forks and measures a child, ``assert_shared`` fails a test when the child
 copies too much of its parent, ``copied_objects`` names the objects on the copied pages. The
-pytest plugin (fixture ``cow``, marker ``limit_cow``) lives in :mod:`forkmem.testing.pytest_plugin`.
+pytest plugin (fixture ``cow``, marker ``limit_cow``) lives in `forkmem.testing.pytest_plugin`.
 
 pytest imports this package in every session (for the plugin), so names load on first use.
 """

@@ -72,7 +72,7 @@ class HolderShare:
 
 @dataclass(frozen=True, slots=True)
 class Attribution:
-    """Which objects the copied pages hold (see :func:`copied_objects`).
+    """Which objects the copied pages hold (see `copied_objects()`).
 
     ``copied_pages`` pages of ``page_size`` bytes were copied; ``types`` (largest first) and
     ``holders`` split the bytes that lie inside Python objects. The rest, ``unattributed``, is
@@ -359,13 +359,13 @@ def attribute(
 def copied_objects(*, since: PageSnapshot | None = None) -> Attribution:
     """Which Python objects of this process sit on copied (exclusively mapped) heap pages.
 
-    Call it in a forked child. With ``since`` (a :func:`~forkmem.testing.page_snapshot` taken
-    earlier in the same process), only pages that were shared with the parent then and are
+    Call it in a forked child. With ``since`` (a [`page_snapshot()`][forkmem.testing.page_snapshot]
+    taken earlier in the same process), only pages that were shared with the parent then and are
     copied now count: real copy-on-write copies. Without it, every page the child owns counts,
     including memory it allocated itself. The walk itself touches every object, so it copies
-    pages too: take it last. Raises :class:`~forkmem.UnsupportedPlatform` without
-    ``/proc/self/pagemap``, :class:`~forkmem.InvalidArgument` when ``since`` is not a snapshot
-    of this process.
+    pages too: take it last. Raises [`UnsupportedPlatform`][forkmem.UnsupportedPlatform] without
+    ``/proc/self/pagemap``, [`InvalidArgument`][forkmem.InvalidArgument] when ``since`` is not a
+    snapshot of this process.
     """
     if since is not None and not isinstance(since, PageSnapshot):
         raise InvalidArgument(

@@ -28,10 +28,10 @@ _EXIT_UNREPORTED = 70
 
 @dataclass(frozen=True, slots=True)
 class ChildResult:
-    """What :func:`run_in_child` learned from one forked child.
+    """What [`run_in_child()`][forkmem.testing.run_in_child] learned from one forked child.
 
     ``value`` is what ``fn`` returned. ``before`` and ``after`` are the child's
-    :class:`~forkmem.MemoryUsage` right before and right after ``fn`` ran; ``copied`` is the
+    [`MemoryUsage`][forkmem.MemoryUsage] right before and right after ``fn`` ran; ``copied`` is the
     growth of its ``Private_Dirty`` in between (bytes): pages it copied from the parent plus
     memory it newly wrote. ``parent_heap`` is the parent's anonymous RSS at fork time (bytes,
     ``None`` where unknown). ``attribution`` says which objects sit on the copied pages (``None``
@@ -85,7 +85,7 @@ def run_in_child(
     attribution: bool = False,
     **kwargs: Any,
 ) -> ChildResult:
-    """Fork, call ``fn(*args, **kwargs)`` in the child, and return a :class:`ChildResult`.
+    """Fork, call ``fn(*args, **kwargs)`` in the child, and return a `ChildResult`.
 
     The value must be picklable: it travels back through a pipe. If ``fn`` raises, the same
     exception is raised here with the child's traceback attached (a note, or ``__cause__`` on
@@ -93,10 +93,11 @@ def run_in_child(
     second per million objects). ``timeout`` and ``attribution`` are taken by this function, not
     passed to ``fn``.
 
-    Raises :class:`~forkmem.ChildTimeout` (the child is killed) when ``fn`` takes longer than
-    ``timeout`` seconds, :class:`~forkmem.ChildCrashed` when the child dies without reporting
-    (a signal, ``os._exit``), :class:`~forkmem.UnsupportedPlatform` without ``os.fork`` or
-    ``/proc``, :class:`~forkmem.InvalidArgument` for a bad ``fn`` or ``timeout``.
+    Raises [`ChildTimeout`][forkmem.ChildTimeout] (the child is killed) when ``fn`` takes longer
+    than ``timeout`` seconds, [`ChildCrashed`][forkmem.ChildCrashed] when the child dies without
+    reporting (a signal, ``os._exit``), [`UnsupportedPlatform`][forkmem.UnsupportedPlatform] without
+    ``os.fork`` or ``/proc``, [`InvalidArgument`][forkmem.InvalidArgument] for a bad ``fn`` or
+    ``timeout``.
     """
     return run_forked(fn, args, kwargs, timeout=timeout, attribute=bool(attribution))
 

@@ -61,7 +61,7 @@ class CopyLimit:
 
 
 def failure_message(result: ChildResult, limit: int, how: CopyLimit) -> str:
-    """The text of :class:`~forkmem.CopyLimitExceeded`: numbers first, then the attribution."""
+    """The text of `CopyLimitExceeded`: numbers first, then the attribution."""
     lines = [
         f"forked child copied {format_bytes(result.copied)} of its parent's memory; "
         f"the limit is {format_bytes(limit)} ({how.describe()})",
@@ -88,7 +88,7 @@ def failure_message(result: ChildResult, limit: int, how: CopyLimit) -> str:
 
 
 def check(result: ChildResult, limit: int, how: CopyLimit) -> ChildResult:
-    """Raise :class:`~forkmem.CopyLimitExceeded` when ``result.copied`` exceeds ``limit``."""
+    """Raise `CopyLimitExceeded` when ``result.copied`` exceeds ``limit``."""
     if result.copied > limit:
         exc = CopyLimitExceeded(failure_message(result, limit, how))
         exc.result = result  # type: ignore[attr-defined]
@@ -117,11 +117,11 @@ def assert_shared(
 
     The limit is ``max_copied`` (bytes or a size such as ``"5 MiB"``, the default) or
     ``max_fraction`` of the parent's heap (its anonymous RSS at fork time). Over the limit,
-    raises :class:`~forkmem.CopyLimitExceeded` (an ``AssertionError``) whose message gives the
+    raises `CopyLimitExceeded` (an ``AssertionError``) whose message gives the
     parent heap, the copied bytes, the limit and which objects were copied, and whose ``result``
-    attribute is the :class:`ChildResult`. Otherwise returns the :class:`ChildResult`. Errors
-    from ``fn`` and from the child come as in :func:`run_in_child`. Use
-    ``functools.partial`` to pass arguments.
+    attribute is the [`ChildResult`][forkmem.testing.ChildResult]. Otherwise returns the
+    [`ChildResult`][forkmem.testing.ChildResult]. Errors from ``fn`` and from the child come as in
+    `run_in_child()`. Use ``functools.partial`` to pass arguments.
     """
     __tracebackhide__ = True
     how = CopyLimit.of(max_copied, max_fraction)

@@ -24,7 +24,7 @@ _PAGEMAP = "/proc/self/pagemap"
 
 @dataclass(frozen=True, slots=True)
 class PageSnapshot:
-    """The state of this process's heap pages at one moment (see :func:`page_snapshot`).
+    """The state of this process's heap pages at one moment (see `page_snapshot()`).
 
     ``regions`` holds ``(start, end, entries)`` per anonymous writable mapping (``[heap]``
     included), ``entries`` being the raw pagemap words of its pages. ``pid`` is the process that
@@ -76,8 +76,9 @@ def page_snapshot() -> PageSnapshot:
     """Read the pagemap entries of every heap page of this process.
 
     Take one right after ``fork()`` in the child and pass it to
-    :func:`~forkmem.testing.copied_objects` later as ``since=`` to see only the pages copied in
-    between. Raises :class:`~forkmem.UnsupportedPlatform` without ``/proc/self/pagemap``.
+    [`copied_objects()`][forkmem.testing.copied_objects] later as ``since=`` to see only the pages
+    copied in between. Raises [`UnsupportedPlatform`][forkmem.UnsupportedPlatform] without
+    ``/proc/self/pagemap``.
     """
     page_size = os.sysconf("SC_PAGE_SIZE")
     fd = _open_pagemap()

@@ -43,7 +43,7 @@ class CowFixture:
         attribution: bool = False,
         **kwargs: Any,
     ) -> ChildResult:
-        """:func:`~forkmem.testing.run_in_child` for this test."""
+        """[`run_in_child()`][forkmem.testing.run_in_child] for this test."""
         __tracebackhide__ = True
         return run_forked(fn, args, kwargs, timeout=timeout, attribute=bool(attribution))
 
@@ -61,7 +61,7 @@ class CowFixture:
         max_fraction: float | None = None,
         timeout: float = _DEFAULT_TIMEOUT,
     ) -> ChildResult:
-        """:func:`~forkmem.testing.assert_shared` for this test."""
+        """[`assert_shared()`][forkmem.testing.assert_shared] for this test."""
         __tracebackhide__ = True
         return assert_shared(fn, max_copied=max_copied, max_fraction=max_fraction, timeout=timeout)
 

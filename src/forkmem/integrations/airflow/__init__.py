@@ -6,10 +6,10 @@ supervisor). Whatever the manager built before the loop is shared with those chi
 something writes to it: the collector's GC headers, reference counts, lazily computed str hashes.
 Airflow 3.3 already ends ``DagFileProcessorManager.before_run()`` with a bare ``gc.freeze()``;
 this module replaces it with a full collection and a freeze (so no garbage is frozen forever),
-or with :func:`forkmem.warmup` (``immortalize=True`` on CPython 3.12/3.13), warns once about
-missing bytecode, and logs each parse child's private memory when it exits. On request it also
-parses a built-in DAG first (``--forkmem-rehearse``) and forks the children from a quiet copy of
-the manager (``--forkmem-fork-server``).
+or with [`forkmem.warmup()`][forkmem.warm.warmup] (``immortalize=True`` on CPython 3.12/3.13), warns
+once about missing bytecode, and logs each parse child's private memory when it exits. On request it
+also parses a built-in DAG first (``--forkmem-rehearse``) and forks the children from a quiet copy
+of the manager (``--forkmem-fork-server``).
 
 Run it like ``airflow dag-processor``, with the same arguments::
 
@@ -21,10 +21,10 @@ Supported Airflow: apache-airflow-core 3.1.7 and newer. From 3.3 forkmem hooks t
 steps at the start of the parsing loop, just after Airflow's own freeze.
 
 Airflow is imported only when a function of this package needs it; ``import forkmem`` never does.
-The package: ``options`` (:class:`AirflowOptions`), ``session`` (the state of one manager: the
-stats file, the parse-child meter, the freeze block, the fork server of each round), ``manager``
-(the ``DagFileProcessorManager`` subclass), ``cli`` (the entrypoint) and ``_private_api``, the
-only module that touches Airflow's internals.
+The package: ``options`` ([`AirflowOptions`][forkmem.integrations.airflow.AirflowOptions]),
+``session`` (the state of one manager: the stats file, the parse-child meter, the freeze block, the
+fork server of each round), ``manager`` (the ``DagFileProcessorManager`` subclass), ``cli`` (the
+entrypoint) and ``_private_api``, the only module that touches Airflow's internals.
 """
 
 from __future__ import annotations

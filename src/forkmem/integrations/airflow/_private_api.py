@@ -6,7 +6,7 @@ change in any release: the manager's ``_create_process``, ``_collect_results``,
 ``WatchedSubprocess.start()`` at its ``os.fork()`` and the ``_fork_main`` it calls in the child;
 ``_pre_import_airflow_modules`` and ``_parse_file`` of the parse child; the comms frame a
 child sends; ``DagProcessorJobRunner._execute``. Nothing outside this module names one of them.
-All of them are known to hold from :data:`MIN_AIRFLOW_VERSION` up to :data:`KNOWN_UP_TO`; on a
+All of them are known to hold from `MIN_AIRFLOW_VERSION` up to `KNOWN_UP_TO`; on a
 newer Airflow each one that is gone makes forkmem fall back to Airflow's own behaviour, as on an
 older one.
 
@@ -72,8 +72,8 @@ def airflow(module: str) -> Any:
 def airflow_version() -> tuple[int, int, int]:
     """The installed apache-airflow-core version as ``(major, minor, micro)``.
 
-    Raises :class:`forkmem.UnsupportedRuntime` when Airflow is not installed or older than
-    :data:`MIN_AIRFLOW_VERSION`.
+    Raises [`forkmem.UnsupportedRuntime`][forkmem.UnsupportedRuntime] when Airflow is not installed
+    or older than `MIN_AIRFLOW_VERSION`.
     """
     try:
         module = airflow("airflow")
@@ -295,7 +295,7 @@ def process_context() -> str | None:
 
 
 def restore_process_context(saved: str | None) -> None:
-    """Put ``_AIRFLOW_PROCESS_CONTEXT`` back as :func:`process_context` found it."""
+    """Put ``_AIRFLOW_PROCESS_CONTEXT`` back as `process_context()` found it."""
     if saved is None:
         os.environ.pop("_AIRFLOW_PROCESS_CONTEXT", None)
     else:

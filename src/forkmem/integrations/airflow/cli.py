@@ -151,7 +151,8 @@ def best_options(
     ``flags`` are field -> value (``None``: not given); they and ``FORKMEM_AIRFLOW_*`` variables
     win. What neither sets is the best mode: warm-up, immortalization where the runtime
     supports it, the parse rehearsal and the fork server (Linux). ``plain`` leaves unset fields
-    at :class:`AirflowOptions`' own defaults (collect + freeze).
+    at [`AirflowOptions`][forkmem.integrations.airflow.AirflowOptions]' own defaults (collect +
+    freeze).
     """
     env = os.environ if environ is None else environ
     given = {k for k, v in flags.items() if v is not None}
@@ -246,7 +247,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     [--forkmem-no-measure] [--forkmem-[no-]rehearse] [--forkmem-[no-]fork-server]
     [--forkmem-preimport MODULES] [--forkmem-stats-file PATH]``.
 
-    Without flags it runs the best mode this runtime supports (:func:`best_options`), with one
+    Without flags it runs the best mode this runtime supports (`best_options()`), with one
     warning naming what it skipped and why. With ``FORKMEM_DISABLE=1`` it runs ``airflow`` itself
     with the same arguments, minus forkmem's.
     """

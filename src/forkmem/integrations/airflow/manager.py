@@ -29,14 +29,16 @@ def manager_class() -> type[Any]:
     """The ``DagFileProcessorManager`` subclass that applies forkmem (built on first call).
 
     It takes the manager's own keyword arguments plus ``forkmem_options``
-    (an :class:`AirflowOptions`; default :meth:`AirflowOptions.from_env`). Use it where Airflow's
+    (an [`AirflowOptions`][forkmem.integrations.airflow.AirflowOptions]; default
+    `AirflowOptions.from_env()`). Use it where Airflow's
     CLI builds its manager::
 
         manager = manager_class()(max_runs=-1, forkmem_options=AirflowOptions(warmup=True))
         runner = DagProcessorJobRunner(job=Job(), processor=manager)
         run_job(job=runner.job, execute_callable=runner._execute)
 
-    Raises :class:`forkmem.UnsupportedRuntime` without apache-airflow-core 3.1.7+.
+    Raises [`forkmem.UnsupportedRuntime`][forkmem.UnsupportedRuntime] without apache-airflow-core
+    3.1.7+.
     """
     global _manager_cls
     if _manager_cls is None:

@@ -1,4 +1,4 @@
-"""The dag-processor's options (:class:`AirflowOptions`), from arguments or the environment."""
+"""The dag-processor's options (`AirflowOptions`), from arguments or the environment."""
 
 from __future__ import annotations
 
@@ -34,21 +34,21 @@ class AirflowOptions:
 
     Every field can also be set through an environment variable ``FORKMEM_AIRFLOW_<FIELD>``
     (upper case; booleans as ``1/0``, ``true/false``, ``yes/no``, ``on/off``), read by
-    :meth:`from_env`.
+    `from_env()`.
     """
 
     freeze: bool = True
     """Unfreeze what Airflow froze, run a full ``gc.collect()``, freeze again
-    (:func:`forkmem.frozen`). ``False`` leaves Airflow's own freeze alone (stock behaviour,
-    children still measured)."""
+    ([`forkmem.frozen()`][forkmem.frozen]). ``False`` leaves Airflow's own freeze alone (stock
+    behaviour, children still measured)."""
     warmup: bool = False
-    """Use :func:`forkmem.warmup` instead of collect-and-freeze (str hashes, ``malloc_trim``)."""
+    """Use `forkmem.warmup()` instead of collect-and-freeze (str hashes, ``malloc_trim``)."""
     immortalize: bool = False
     """With ``warmup``: make the parent's objects immortal (CPython 3.12/3.13) so parse children
     never write their reference counts. Immortal objects are never freed."""
     check_bytecode: bool = True
     """Log one warning when imported modules have no usable ``.pyc``
-    (:func:`forkmem.warn_if_missing_bytecode`)."""
+    ([`forkmem.warn_if_missing_bytecode()`][forkmem.warn_if_missing_bytecode])."""
     measure_children: bool = True
     """Measure every parse child's memory as it exits and log it (one ``smaps_rollup`` read per
     child)."""
@@ -110,8 +110,8 @@ class AirflowOptions:
 
         ``overrides`` (field=value, ``None`` meaning "not given") win over the environment.
         ``immortalize`` (variable or override) implies ``warmup`` unless that is given too.
-        A value that is not a boolean raises :class:`forkmem.InvalidArgument` naming the
-        variable.
+        A value that is not a boolean raises [`forkmem.InvalidArgument`][forkmem.InvalidArgument]
+        naming the variable.
         """
         env = os.environ if environ is None else environ
         values: dict[str, Any] = {}

@@ -1,12 +1,12 @@
 """The forkmem state of one dag-processor manager, from its set-up to the end of its loop.
 
-A :class:`Session` is made of three parts, closed in reverse order by one ``ExitStack``:
+A `Session` is made of three parts, closed in reverse order by one ``ExitStack``:
 
-- a :class:`StatsWriter`, the optional JSON-lines file;
-- a :class:`ChildMeter`: each parse child measures itself in ``os._exit`` and writes one line
+- a `StatsWriter`, the optional JSON-lines file;
+- a `ChildMeter`: each parse child measures itself in ``os._exit`` and writes one line
   into a pipe the manager created; the manager drains it when it collects finished children.
   One ``smaps_rollup`` read per child, no thread, nothing held across the fork;
-- the freeze block (:class:`forkmem.frozen`) and, per parsing round, the fork server.
+- the freeze block ([`forkmem.frozen`][forkmem.frozen]) and, per parsing round, the fork server.
 """
 
 from __future__ import annotations
