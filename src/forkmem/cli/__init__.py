@@ -14,10 +14,8 @@ import argparse
 import codecs
 import contextlib
 import importlib
-import json
 import os
 import sys
-import traceback
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from forkmem._version import __version__
@@ -59,8 +57,12 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(message, self)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """Return the full argument parser (used by ``main`` and by the docs)."""
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """Return the argument parser (used by ``main`` and by the docs).
+
+    With ``command`` (a sub-command's name), only that sub-command's module is imported and
+    registered: ``forkmem bytecode`` starts without loading what ``forkmem demo`` needs.
+    """
     parser = _Parser(
         prog="forkmem",
         description="Keep forked workers' memory shared, and measure it.",
@@ -68,8 +70,19 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"forkmem {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in _COMMANDS:
-        importlib.import_module(name).register(sub)
+        if command is None or name.rpartition("._")[2] == command:
+            importlib.import_module(name).register(sub)
     return parser
+
+
+def _command_of(argv: list[str]) -> str | None:
+    """The sub-command named on the command line, if it is one (else every one is loaded)."""
+    for word in argv:
+        if not word.startswith("-"):
+            return word if any(n.rpartition("._")[2] == word for n in _COMMANDS) else None
+        if word == "--":
+            return None
+    return None
 
 
 def _path_safe(exc: UnicodeError) -> tuple[str | bytes, int]:
@@ -112,6 +125,8 @@ def error_object(kind: str, message: str, exit_code: int) -> dict[str, Any]:
 
 def _report(kind: str, message: str, code: int, *, as_json: bool) -> int:
     if as_json:
+        import json  # only on the error path: it costs a new process more than the dispatch
+
         json.dump(error_object(kind, message, code), sys.stdout)
         sys.stdout.write("\n")
         sys.stdout.flush()
@@ -122,7 +137,7 @@ def _report(kind: str, message: str, code: int, *, as_json: bool) -> int:
 
 def _dispatch(argv: list[str], as_json: bool) -> int:
     try:
-        args = build_parser().parse_args(argv)
+        args = build_parser(_command_of(argv)).parse_args(argv)
     except UsageError as exc:
         if not as_json:
             exc.parser.print_usage(sys.stderr)
@@ -141,6 +156,8 @@ def _dispatch(argv: list[str], as_json: bool) -> int:
         raise
     except Exception as exc:
         # A bug, not a finding: never exit 1 ("a check found a problem") for it.
+        import traceback
+
         traceback.print_exc()
         message = f"internal error: {type(exc).__name__}: {exc}"
         return _report("InternalError", message, EXIT_INTERNAL, as_json=as_json)
