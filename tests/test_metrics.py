@@ -185,3 +185,34 @@ def test_integrations_validate_the_metrics_address() -> None:
 
     with pytest.raises(forkmem.InvalidArgument):
         gunicorn.configure(metrics="nowhere")
+
+
+def test_pushed_recycle_counts_are_served() -> None:
+    import time
+
+    from forkmem._exporter import start_exporter
+
+    exporter = start_exporter("127.0.0.1:0", stats=True)
+    try:
+        exporter.push({"soft": 3, "hard": 1, "last_measure": "uss", "last_value": 5 * MIB})
+        deadline = time.monotonic() + 10
+        while True:
+            with urllib.request.urlopen(exporter.url, timeout=10) as resp:
+                found = _scrape(resp.read().decode())
+            pushed = ({"kind": "soft"}, 3.0) in found.get("forkmem_worker_recycles_total", [])
+            if pushed or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+        counts = {lb["kind"]: v for lb, v in found["forkmem_worker_recycles_total"]}
+        assert counts == {"soft": 3.0, "hard": 1.0}
+        assert found["forkmem_worker_last_recycle_bytes"] == [({"measure": "uss"}, 5.0 * MIB)]
+    finally:
+        exporter.close()
+
+
+def test_in_process_collector_reports_this_process_recycles() -> None:
+    registry = prometheus_client.CollectorRegistry(auto_describe=False)
+    registry.register(metrics.TreeCollector())
+    found = _scrape(prometheus_client.generate_latest(registry).decode())
+    kinds = {lb["kind"] for lb, _ in found["forkmem_worker_recycles_total"]}
+    assert kinds == {"soft", "hard"}

@@ -10,15 +10,21 @@ from __future__ import annotations
 
 import importlib.util
 import ipaddress
+import json
 import os
 import select
 import subprocess
 import sys
 import time
+from typing import TYPE_CHECKING, Any
 
 from forkmem.errors import InvalidArgument, MissingDependency
+from forkmem.recycle import recycle_stats
 
-__all__ = ["Exporter", "parse_listen", "start_exporter"]
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+__all__ = ["Exporter", "parse_listen", "recycle_counts", "start_exporter"]
 
 
 def parse_listen(address: str) -> tuple[str, int]:
@@ -39,12 +45,35 @@ def parse_listen(address: str) -> tuple[str, int]:
     return host, int(port_text)
 
 
+def recycle_counts() -> dict[str, Any]:
+    """This process's [`forkmem.recycle_stats()`][forkmem.recycle_stats] as the plain dict the
+    collector exports (``soft``, ``hard``, and ``last_measure``/``last_value`` once a worker
+    was recycled)."""
+    stats = recycle_stats()
+    out: dict[str, Any] = {"soft": stats.soft, "hard": stats.hard}
+    if stats.last is not None:
+        out.update(last_measure=stats.last.measure, last_value=stats.last.value)
+    return out
+
+
 class Exporter:
     """A running ``forkmem export`` process: ``url`` serves ``/metrics``; `close()` stops it."""
 
     def __init__(self, proc: subprocess.Popen[bytes], url: str) -> None:
         self.proc = proc
         self.url = url
+        self._sent: bytes | None = None
+
+    def push(self, counts: Mapping[str, Any]) -> None:
+        """Send the master's recycle counts (``stats=True``); never blocks, never raises."""
+        line = json.dumps(counts, separators=(",", ":")).encode() + b"\n"
+        if self.proc.stdin is None or line == self._sent:
+            return
+        try:
+            os.write(self.proc.stdin.fileno(), line)
+        except (BlockingIOError, BrokenPipeError, ValueError, OSError):
+            return  # the exporter is gone or behind: metrics are never worth blocking for
+        self._sent = line
 
     @property
     def pid(self) -> int:
@@ -60,21 +89,24 @@ class Exporter:
                 self.proc.wait(5)
 
 
-def start_exporter(listen: str, *, pid: int | None = None, timeout: float = 30.0) -> Exporter:
+def start_exporter(
+    listen: str, *, pid: int | None = None, stats: bool = False, timeout: float = 30.0
+) -> Exporter:
     """Start ``forkmem export`` for the tree of ``pid`` (default: the caller) on ``listen``.
 
     Returns once it serves. Raises [`MissingDependency`][forkmem.MissingDependency] without
     prometheus_client and [`InvalidArgument`][forkmem.InvalidArgument] for a bad address or when the
     exporter cannot start (a port in use: its own message is on stderr). It exits by itself when
-    the root process does.
+    the root process does. With ``stats``, `Exporter.push()` sends it recycle counts.
     """
     parse_listen(listen)
     if importlib.util.find_spec("prometheus_client") is None:
         raise MissingDependency("metrics=", "prometheus_client", "metrics")
     root = os.getpid() if pid is None else pid
+    argv = [sys.executable, "-m", "forkmem", "export", str(root), "--listen", listen]
     proc = subprocess.Popen(
-        [sys.executable, "-m", "forkmem", "export", str(root), "--listen", listen],
-        stdin=subprocess.DEVNULL,
+        [*argv, "--stats-stdin"] if stats else argv,
+        stdin=subprocess.PIPE if stats else subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         # stderr stays the server's: a failure to start is explained in the server's log.
     )
@@ -97,5 +129,7 @@ def start_exporter(listen: str, *, pid: int | None = None, timeout: float = 30.0
             )
         line += chunk
     proc.stdout.close()  # nothing more is written; the exporter never blocks on a full pipe
+    if proc.stdin is not None:
+        os.set_blocking(proc.stdin.fileno(), False)
     url = line.decode("utf-8", "replace").split("serving ", 1)[-1].split()[0]
     return Exporter(proc, url)

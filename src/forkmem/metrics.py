@@ -13,25 +13,25 @@ suffix, ``_total`` for counters; per-process series carry ``pid``, ``role`` (``r
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from forkmem import _snapshot
-from forkmem._exporter import parse_listen
+from forkmem._exporter import parse_listen, recycle_counts
 from forkmem.errors import InvalidArgument, MissingDependency, NoSuchProcess
 
 try:
-    from prometheus_client.core import GaugeMetricFamily
+    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
     from prometheus_client.exposition import start_http_server
     from prometheus_client.registry import CollectorRegistry
 except ImportError:
     raise MissingDependency("forkmem.metrics", "prometheus_client", "metrics") from None
 
 if TYPE_CHECKING:
-    from collections.abc import Collection, Iterator
+    from collections.abc import Callable, Collection, Iterator, Mapping
 
     from prometheus_client.metrics_core import Metric
 
-__all__ = ["MetricsServer", "TreeCollector", "parse_listen", "serve_metrics"]
+__all__ = ["MetricsServer", "TreeCollector", "parse_listen", "recycle_counts", "serve_metrics"]
 
 # (metric suffix, sample attribute or MemoryUsage field, help)
 _PROCESS_GAUGES = (
@@ -50,17 +50,47 @@ _TREE_GAUGES = (
 )
 
 
+def _recycle_families(counts: Mapping[str, Any]) -> Iterator[Metric]:
+    total = CounterMetricFamily(
+        "forkmem_worker_recycles",
+        "Workers recycled for their memory by this tree's master",
+        labels=["kind"],
+    )
+    for kind in ("soft", "hard"):
+        total.add_metric([kind], float(counts.get(kind, 0)))
+    yield total
+    if "last_value" in counts:
+        last = GaugeMetricFamily(
+            "forkmem_worker_last_recycle_bytes",
+            "The sample that decided the last recycle",
+            labels=["measure"],
+        )
+        last.add_metric([str(counts.get("last_measure", ""))], float(counts["last_value"]))
+        yield last
+
+
 class TreeCollector:
     """A ``prometheus_client`` collector for process ``pid`` (default: the caller) and its tree.
 
     Each scrape reads ``/proc`` afresh (one ``smaps_rollup`` per process). Processes in ``skip``
     are left out (an exporter leaves itself out). When the root is gone, only
-    ``forkmem_tree_up 0`` is reported.
+    ``forkmem_tree_up 0`` is reported. ``recycles`` returns the workers recycled for memory
+    ([`recycle_counts()`][forkmem.metrics.recycle_counts], this process's
+    [`forkmem.recycle_stats()`][forkmem.recycle_stats] by default; ``None`` to leave them
+    out), exported as ``forkmem_worker_recycles_total{kind}`` and
+    ``forkmem_worker_last_recycle_bytes{measure}``.
     """
 
-    def __init__(self, pid: int | None = None, *, skip: Collection[int] = ()) -> None:
+    def __init__(
+        self,
+        pid: int | None = None,
+        *,
+        skip: Collection[int] = (),
+        recycles: Callable[[], Mapping[str, Any] | None] | None = recycle_counts,
+    ) -> None:
         self.pid = pid
         self.skip = frozenset(skip)
+        self.recycles = recycles
 
     def describe(self) -> list[Metric]:
         # Registering must not read /proc; no fixed set of series to announce.
@@ -97,6 +127,9 @@ class TreeCollector:
         )
         count.add_metric(root, len(sample.processes))
         yield count
+        counts = self.recycles() if self.recycles is not None else None
+        if counts is not None:
+            yield from _recycle_families(counts)
 
 
 class MetricsServer:
@@ -125,7 +158,11 @@ class MetricsServer:
 
 
 def serve_metrics(
-    pid: int | None = None, *, listen: str = "127.0.0.1:9464", skip: Collection[int] = ()
+    pid: int | None = None,
+    *,
+    listen: str = "127.0.0.1:9464",
+    skip: Collection[int] = (),
+    recycles: Callable[[], Mapping[str, Any] | None] | None = recycle_counts,
 ) -> MetricsServer:
     """Serve ``/metrics`` for the tree of ``pid`` on ``listen`` from a daemon thread.
 
@@ -133,4 +170,4 @@ def serve_metrics(
     own, so an application's default registry is never touched.
     """
     host, port = parse_listen(listen)
-    return MetricsServer(host, port, TreeCollector(pid, skip=skip))
+    return MetricsServer(host, port, TreeCollector(pid, skip=skip, recycles=recycles))

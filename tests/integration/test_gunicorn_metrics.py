@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -37,6 +38,18 @@ def _get(url: str) -> str:
         return str(resp.read().decode())
 
 
+def _gunicorn(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    """gunicorn -c ARGS..., in its own process group, logging to ``log``."""
+    with log.open("wb") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", "gunicorn", "-c", *args],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+
 def test_gunicorn_master_serves_its_workers_metrics(tmp_path: Path) -> None:
     port, metrics_port = _free_port(), _free_port()
     conf = tmp_path / "gunicorn.conf.py"
@@ -50,14 +63,11 @@ def test_gunicorn_master_serves_its_workers_metrics(tmp_path: Path) -> None:
         "preload_app = True\n"
     )
     log = tmp_path / "gunicorn.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "gunicorn", "-c", str(conf), "--bind", f"127.0.0.1:{port}"],
-            env=dict(os.environ, XDG_RUNTIME_DIR=str(tmp_path)),
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+    proc = _gunicorn(
+        [str(conf), "--bind", f"127.0.0.1:{port}"],
+        dict(os.environ, XDG_RUNTIME_DIR=str(tmp_path)),
+        log,
+    )
     try:
         deadline = time.monotonic() + 60
         text = ""
@@ -81,7 +91,7 @@ def test_gunicorn_master_serves_its_workers_metrics(tmp_path: Path) -> None:
         assert f'forkmem_tree_pss_bytes{{root="{proc.pid}"}}' in text
         assert "serving gunicorn metrics at" in log.read_text()
         for pid in workers:
-            assert forkmem.usage.rss_breakdown(pid).rss > 0  # real, live workers
+            assert forkmem.rss_breakdown(pid).rss > 0  # real, live workers
         uss = {
             int(s.labels["pid"]): s.value
             for f in text_string_to_metric_families(
@@ -107,3 +117,49 @@ def test_gunicorn_master_serves_its_workers_metrics(tmp_path: Path) -> None:
         time.sleep(0.3)
     else:
         pytest.fail("the exporter outlived gunicorn")
+
+
+def _recycles(text: str) -> float:
+    return sum(
+        s.value
+        for f in text_string_to_metric_families(text)
+        for s in f.samples
+        if s.name == "forkmem_worker_recycles_total"
+    )
+
+
+def test_recycles_counted_in_the_master_reach_the_exporter(tmp_path: Path) -> None:
+    port, metrics_port = _free_port(), _free_port()
+    env = dict(
+        os.environ,
+        XDG_RUNTIME_DIR=str(tmp_path),
+        FORKMEM_METRICS=f"127.0.0.1:{metrics_port}",
+        FORKMEM_EXAMPLE_HEAP_MIB="20",
+        FORKMEM_MAX_PRIVATE_MEMORY="24 MiB",
+        GUNICORN_BIND=f"127.0.0.1:{port}",
+    )
+    log = tmp_path / "gunicorn.log"
+    proc = _gunicorn([str(EXAMPLES / "gunicorn_recycle.conf.py")], env, log)
+    try:
+        deadline = time.monotonic() + 60
+        text = ""
+        while time.monotonic() < deadline and proc.poll() is None:
+            with contextlib.suppress(urllib.error.URLError, ConnectionError):
+                text = _get(f"http://127.0.0.1:{metrics_port}/metrics")
+                _get(f"http://127.0.0.1:{port}/")
+                break
+            time.sleep(0.3)
+        assert 'forkmem_worker_recycles_total{kind="soft"} 0.0' in text, log.read_text()
+        recycled = 0.0
+        while time.monotonic() < deadline and not recycled:
+            for _ in range(10):
+                with contextlib.suppress(urllib.error.URLError, ConnectionError):
+                    _get(f"http://127.0.0.1:{port}/leak")
+            recycled = _recycles(_get(f"http://127.0.0.1:{metrics_port}/metrics"))
+        assert recycled >= 1, log.read_text()
+        assert "was recycled for memory" in log.read_text()
+        text = _get(f"http://127.0.0.1:{metrics_port}/metrics")
+        assert 'forkmem_worker_last_recycle_bytes{measure="uss"}' in text
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(30)

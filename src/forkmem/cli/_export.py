@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import argparse
+    from collections.abc import Callable, Mapping
 
 
 def register(sub: Any) -> None:
@@ -32,6 +33,12 @@ def register(sub: Any) -> None:
         help="address to serve on (default 127.0.0.1:9464; port 0 picks a free one)",
     )
     parser.add_argument(
+        "--stats-stdin",
+        action="store_true",
+        help="read the master's recycle counts as JSON lines on stdin (the integrations' "
+        "metrics= option sends them)",
+    )
+    parser.add_argument(
         "--json",
         action="store_true",
         help='announce the endpoint as one JSON line ({"serving": URL, "root": PID})',
@@ -48,7 +55,8 @@ def run(args: argparse.Namespace) -> int:
 
     pid = check_pid(read_pid_file(args.pid_file) if args.pid_file else args.pid)
     rss_breakdown(pid)  # a missing root is a usage error before a port is opened
-    server = metrics.serve_metrics(pid, listen=args.listen, skip=(os.getpid(),))
+    recycles = _stdin_counts() if args.stats_stdin else None
+    server = metrics.serve_metrics(pid, listen=args.listen, skip=(os.getpid(),), recycles=recycles)
     if args.json:
         import json
 
@@ -66,3 +74,27 @@ def run(args: argparse.Namespace) -> int:
     finally:
         server.close()
     return 0
+
+
+def _stdin_counts() -> Callable[[], Mapping[str, Any]]:
+    """Follow JSON lines on stdin from a reader thread; return the latest one's getter.
+
+    The exporter never forks, so a thread here is safe (unlike in the master that sends them).
+    """
+    import json
+    import threading
+
+    latest: dict[str, Any] = {"soft": 0, "hard": 0}
+
+    def follow() -> None:
+        for line in sys.stdin:
+            try:
+                data = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(data, dict):
+                latest.clear()
+                latest.update(data)
+
+    threading.Thread(target=follow, name="forkmem-stats", daemon=True).start()
+    return lambda: dict(latest)

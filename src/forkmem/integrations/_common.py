@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import os
 
-from forkmem._exporter import Exporter, start_exporter
+from forkmem._exporter import Exporter, recycle_counts, start_exporter
 from forkmem.errors import ForkmemError
 from forkmem.forkinfo import fork_info
 from forkmem.hooks import run_fork_hooks
@@ -61,11 +61,29 @@ def start_metrics(listen: str | None, server: str) -> Exporter | None:
     if listen is None:
         return None
     try:
-        exporter = start_exporter(listen)
+        exporter = start_exporter(listen, stats=True)
     except ForkmemError as exc:
         _logger.error("forkmem: no metrics for the %s tree: %s", server, exc)
         return None
+    # Recycle counts live in this process; each recycle is logged here, so a handler on the
+    # "forkmem" logger sends the new counts at once, with no thread in a forking master.
+    _logger.addHandler(_RecyclePush(exporter))
     _logger.info(
         "forkmem: serving %s metrics at %s (exporter pid %d)", server, exporter.url, exporter.pid
     )
     return exporter
+
+
+class _RecyclePush(logging.Handler):
+    """Sends [`forkmem.recycle_stats()`][forkmem.recycle_stats] to the exporter after each
+    forkmem log record."""
+
+    def __init__(self, exporter: Exporter) -> None:
+        super().__init__()
+        self.exporter = exporter
+        self.owner = os.getpid()  # forked workers inherit the handler: only the master sends
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if os.getpid() != self.owner:
+            return
+        self.exporter.push(recycle_counts())
