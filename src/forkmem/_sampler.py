@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from forkmem._units import format_bytes
+from forkmem._validate import check_duty_cycle
 from forkmem.errors import ForkmemError, InvalidArgument
 
 if TYPE_CHECKING:
@@ -136,8 +137,7 @@ class Sampler:
     ) -> None:
         if isinstance(pid, bool) or (pid is not None and (not isinstance(pid, int) or pid <= 0)):
             raise InvalidArgument(f"pid must be a positive integer or None; got {pid!r}")
-        if not isinstance(duty_cycle, (int, float)) or not 0 < duty_cycle <= 1:
-            raise InvalidArgument(f"duty_cycle must be in (0, 1]; got {duty_cycle!r}")
+        check_duty_cycle("duty_cycle", duty_cycle)
         if not isinstance(min_interval, (int, float)) or not min_interval >= 0:
             raise InvalidArgument(f"min_interval must be >= 0 seconds; got {min_interval!r}")
         self._pid_arg = pid

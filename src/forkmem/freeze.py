@@ -23,6 +23,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal, ParamSpec, TypeVar
 
+from forkmem._validate import check_bool, check_warmup_for_immortalize
 from forkmem.errors import ForkmemWarning, InvalidArgument
 from forkmem.gcinfo import CollectorKind, collector_kind
 from forkmem.hooks import ForkHook, at_fork
@@ -88,11 +89,6 @@ class FreezeReport:
     """The ``forkmem.WarmupReport`` when ``warmup=True``, else ``None``."""
 
 
-def _check_bool(name: str, value: object) -> None:
-    if not isinstance(value, bool):
-        raise InvalidArgument(f"frozen({name}=...) must be True or False, got {value!r}")
-
-
 class frozen:
     """Context manager and decorator: collect, then ``gc.freeze()``, for a block or a function.
 
@@ -139,9 +135,8 @@ class frozen:
             ("warmup", warmup),
             ("immortalize", immortalize),
         ):
-            _check_bool(name, value)
-        if immortalize and not warmup:
-            raise InvalidArgument("frozen(immortalize=True) needs warmup=True")
+            check_bool(f"frozen({name}=...)", value)
+        check_warmup_for_immortalize("frozen", warmup=warmup, immortalize=immortalize)
         self.collect = collect
         self.unfreeze = unfreeze
         self.warmup = warmup

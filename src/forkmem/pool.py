@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 from forkmem._pool import SupervisedPool
 from forkmem._pool_recycle import count_recycle, recycling_setup
+from forkmem._validate import check_bool
 from forkmem.errors import ForkmemWarning, InvalidArgument
 from forkmem.freeze import block, freeze_around_fork
 from forkmem.recycle import RecyclePolicy
@@ -85,8 +86,7 @@ def _check_count(name: str, value: object) -> None:
 
 def _check_flags(**flags: object) -> None:
     for name, value in flags.items():
-        if not isinstance(value, bool):
-            raise InvalidArgument(f"{name} must be True or False; got {value!r}")
+        check_bool(name, value)
 
 
 def _warn_spawn(what: str) -> None:

@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from forkmem.errors import InvalidArgument
+from forkmem._validate import check_bool
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -100,8 +100,7 @@ def warmup(
         ("hash_strings", hash_strings),
         ("trim", trim),
     ):
-        if not isinstance(value, bool):
-            raise InvalidArgument(f"warmup(): {name} must be True or False, not {value!r}")
+        check_bool(f"warmup({name}=...)", value)
     from forkmem import _immortal
 
     if immortalize:

@@ -22,7 +22,6 @@ from __future__ import annotations
 import logging
 import threading
 import weakref
-from dataclasses import dataclass
 from typing import Any
 
 from forkmem._disable import disabled
@@ -30,26 +29,18 @@ from forkmem._exporter import Exporter, parse_listen
 from forkmem._sampler import Sampler
 from forkmem.errors import InvalidArgument
 from forkmem.integrations._common import ensure_child_hooks, start_metrics, warn_missing_bytecode
+from forkmem.integrations._options import WorkerOptions
 
 __all__ = ["install"]
 
 _logger = logging.getLogger("forkmem.celery")
 
 
-@dataclass(frozen=True, slots=True)
-class _Options:
-    warmup: bool
-    immortalize: bool
-    sample_memory: bool
-    duty_cycle: float
-    metrics: str | None = None
-
-
-_apps: weakref.WeakKeyDictionary[Any, _Options] = weakref.WeakKeyDictionary()
+_apps: weakref.WeakKeyDictionary[Any, WorkerOptions] = weakref.WeakKeyDictionary()
 _connected = False
 _connect_lock = threading.Lock()
 # Set in the main process when it froze; a forked child inherits it (and its options).
-_frozen_with: _Options | None = None
+_frozen_with: WorkerOptions | None = None
 _sampler: Sampler | None = None
 _exporter: Exporter | None = None
 
@@ -71,17 +62,14 @@ def install(
     app replaces the options. With ``FORKMEM_DISABLE=1`` in the environment it does nothing.
     """
     global _connected
-    for name, value in (
-        ("warmup", warmup),
-        ("immortalize", immortalize),
-        ("sample_memory", sample_memory),
-    ):
-        if not isinstance(value, bool):
-            raise InvalidArgument(f"install({name}=...) must be True or False; got {value!r}")
-    if immortalize and not warmup:
-        raise InvalidArgument("install(immortalize=True) needs warmup=True")
-    if not isinstance(duty_cycle, (int, float)) or not 0 < duty_cycle <= 1:
-        raise InvalidArgument(f"install(duty_cycle=...) must be in (0, 1]; got {duty_cycle!r}")
+    options = WorkerOptions.checked(
+        "install",
+        warmup=warmup,
+        immortalize=immortalize,
+        sample_memory=sample_memory,
+        duty_cycle=duty_cycle,
+        metrics=metrics,
+    )
     if metrics is not None:
         parse_listen(metrics)
     try:
@@ -94,7 +82,7 @@ def install(
         raise InvalidArgument(f"install() takes a celery.Celery app; got {app!r}")
     if disabled("celery"):
         return
-    _apps[app] = _Options(warmup, immortalize, sample_memory, float(duty_cycle), metrics)
+    _apps[app] = options
     with _connect_lock:
         if _connected:
             return
@@ -114,14 +102,14 @@ def install(
         _connected = True
 
 
-def _freeze_once(options: _Options) -> None:
+def _freeze_once(options: WorkerOptions) -> None:
     global _frozen_with, _exporter
     if _frozen_with is not None:
         return
     from forkmem.freeze import prepare
 
     warn_missing_bytecode()
-    report = prepare(warmup=options.warmup, immortalize=options.immortalize)
+    report = prepare(warmup=options.warmup, immortalize=bool(options.immortalize))
     _frozen_with = options
     _logger.info(
         "forkmem: froze %d objects in the Celery main process in %.3f s before the pool forks",

@@ -28,7 +28,6 @@ from forkmem._disable import disabled
 from forkmem._exporter import Exporter, parse_listen
 from forkmem._immortal import unsupported_reason
 from forkmem._sampler import PeakSlot, Sampler, log_peak
-from forkmem.errors import InvalidArgument
 from forkmem.integrations import _gunicorn_recycle as _recycle
 from forkmem.integrations._common import (
     ensure_child_hooks,
@@ -37,6 +36,7 @@ from forkmem.integrations._common import (
     warn_missing_bytecode,
 )
 from forkmem.integrations._gunicorn_rehearsal import Request, check_requests, rehearse
+from forkmem.integrations._options import WorkerOptions
 from forkmem.recycle import RecyclePolicy
 
 if TYPE_CHECKING:
@@ -47,18 +47,10 @@ __all__ = ["child_exit", "post_fork", "pre_fork", "when_ready", "worker_exit"]
 _logger = logging.getLogger("forkmem.gunicorn")
 
 
-class _Settings:
-    warmup = True
-    immortalize: bool | None = None  # None: wherever the runtime supports it
-    sample_memory = True
-    duty_cycle = 0.01
-    rehearse: tuple[Request, ...] = ()
-    recycle: RecyclePolicy | None = None
-    metrics: str | None = None
-    exporter: Exporter | None = None
-
-
-_settings = _Settings()
+# Warm-up by default; immortalize wherever the runtime supports it.
+_settings = WorkerOptions(warmup=True, immortalize=None)
+_rehearsal: tuple[Request, ...] = ()
+_exporter: Exporter | None = None
 
 
 def configure(
@@ -104,30 +96,21 @@ def configure(
         samples=recycle_samples,
         where="configure()",
     )
-    for name, value in (
-        ("warmup", warmup),
-        ("sample_memory", sample_memory),
-    ):
-        if not isinstance(value, bool):
-            raise InvalidArgument(f"configure({name}=...) must be True or False; got {value!r}")
-    if immortalize is not None and not isinstance(immortalize, bool):
-        raise InvalidArgument(
-            f"configure(immortalize=...) must be True, False or None; got {immortalize!r}"
-        )
-    if immortalize and not warmup:
-        raise InvalidArgument("configure(immortalize=True) needs warmup=True")
+    global _settings, _rehearsal
+    settings = WorkerOptions.checked(
+        "configure",
+        warmup=warmup,
+        immortalize=immortalize,
+        sample_memory=sample_memory,
+        duty_cycle=duty_cycle,
+        recycle=policy,
+        metrics=metrics,
+        immortalize_auto=True,
+    )
     requests = check_requests("configure(rehearse)", rehearse)
     if metrics is not None:
         parse_listen(metrics)
-    if not isinstance(duty_cycle, (int, float)) or not 0 < duty_cycle <= 1:
-        raise InvalidArgument(f"configure(duty_cycle=...) must be in (0, 1]; got {duty_cycle!r}")
-    _settings.warmup = warmup
-    _settings.immortalize = immortalize
-    _settings.sample_memory = sample_memory
-    _settings.duty_cycle = float(duty_cycle)
-    _settings.rehearse = requests
-    _settings.recycle = policy
-    _settings.metrics = metrics
+    _settings, _rehearsal = settings, requests
 
 
 def _immortalize() -> bool:
@@ -147,7 +130,7 @@ def _rehearse(server: Any) -> None:
     if app is None or not getattr(cfg, "preload_app", False):
         _logger.warning("forkmem: rehearse needs preload_app = True; not rehearsing")
         return
-    report = rehearse(server, _settings.rehearse)
+    report = rehearse(server, _rehearsal)
     _logger.info(
         "forkmem: rehearsed %d request(s) in the gunicorn master in %.3f s (%d failed)%s",
         report.ok + report.failed,
@@ -177,7 +160,7 @@ def when_ready(server: Any) -> None:
             "forkmem: preload_app is off, so every worker imports the app itself and nothing of "
             "it can be shared; set preload_app = True"
         )
-    if _settings.rehearse:
+    if _rehearsal:
         _rehearse(server)
     warn_missing_bytecode()
     report = prepare(warmup=_settings.warmup, immortalize=_immortalize())
@@ -187,8 +170,9 @@ def when_ready(server: Any) -> None:
         getattr(server, "pid", "?"),
         report.seconds,
     )
-    if _settings.exporter is None:
-        _settings.exporter = start_metrics(_settings.metrics, "gunicorn")
+    global _exporter
+    if _exporter is None:
+        _exporter = start_metrics(_settings.metrics, "gunicorn")
 
 
 def pre_fork(server: Any, worker: Any) -> None:

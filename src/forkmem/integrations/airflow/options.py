@@ -6,6 +6,7 @@ import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from forkmem._validate import check_bool, check_warmup_for_immortalize
 from forkmem.errors import InvalidArgument
 
 if TYPE_CHECKING:
@@ -74,9 +75,7 @@ class AirflowOptions:
 
     def __post_init__(self) -> None:
         for name in _BOOL_FIELDS:
-            value = getattr(self, name)
-            if not isinstance(value, bool):
-                raise InvalidArgument(f"AirflowOptions.{name} must be True or False, not {value!r}")
+            check_bool(f"AirflowOptions.{name}", getattr(self, name))
         if self.stats_file is not None and (
             not isinstance(self.stats_file, str) or not self.stats_file
         ):
@@ -90,8 +89,9 @@ class AirflowOptions:
             raise InvalidArgument(
                 f"AirflowOptions.preimport must be a tuple of module names, not {self.preimport!r}"
             )
-        if self.immortalize and not self.warmup:
-            raise InvalidArgument("AirflowOptions(immortalize=True) needs warmup=True")
+        check_warmup_for_immortalize(
+            "AirflowOptions", warmup=self.warmup, immortalize=self.immortalize
+        )
         if self.warmup and not self.freeze:
             raise InvalidArgument("AirflowOptions(warmup=True) needs freeze=True")
 
