@@ -20,6 +20,7 @@ from __future__ import annotations
 import gc
 import os
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -62,7 +63,8 @@ def _build_heap(mib: int) -> tuple[list[list[Any]], int]:
 HEAP, HEAP_BYTES = _build_heap(int(os.environ.get("FORKMEM_EXAMPLE_HEAP_MIB", "100")))
 
 if os.environ.get("FORKMEM_DISABLE") != "1":
-    install(app)
+    # FORKMEM_MAX_PRIVATE_MEMORY="64 MiB" recycles children by their private memory.
+    install(app, max_private_memory=os.environ.get("FORKMEM_MAX_PRIVATE_MEMORY") or None)
 
 # Proof for the integration test, only when it asks: every pool child records its pid from a
 # forkmem fork hook.
@@ -88,3 +90,18 @@ def private_after_collect() -> dict[str, int]:
     gc.collect()
     usage = forkmem.memory()
     return {"pid": os.getpid(), "uss": usage.uss, "heap_bytes": HEAP_BYTES}
+
+
+_LEAKED: list[bytes] = []
+_RUNS_DIR = os.environ.get("FORKMEM_EXAMPLE_RUNS_DIR")
+
+
+@app.task
+def leak(seq: int) -> list[int]:
+    """Leak 1 MiB in the child (a cache that never forgets), ~20 ms of work; [seq, pid]."""
+    _LEAKED.append(os.urandom(1 << 20))
+    time.sleep(0.02)
+    if _RUNS_DIR:  # the test counts every run, to find tasks run twice
+        with open(os.path.join(_RUNS_DIR, str(os.getpid())), "a") as f:
+            f.write(f"{seq}\n")
+    return [seq, os.getpid()]

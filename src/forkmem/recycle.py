@@ -262,6 +262,18 @@ class RecycleSlot:
     def __init__(self) -> None:
         self._map: mmap.mmap | None = mmap.mmap(-1, _SLOT.size)
 
+    def claim(self, pid: int) -> None:
+        """Mark the slot as ``pid``'s before any decision (the parent can tell it is alive)."""
+        if self._map is not None:
+            _SLOT.pack_into(self._map, 0, pid, 0, 0, 0, 0, 0, 0, 0.0, 0.0)
+
+    def owner(self) -> int | None:
+        """The worker that claimed the slot or wrote a decision, if any."""
+        if self._map is None:
+            return None
+        pid: int = _SLOT.unpack_from(self._map, 0)[0]
+        return pid if pid > 0 else None
+
     def write(self, event: RecycleEvent) -> None:
         if self._map is None:
             return
@@ -337,6 +349,12 @@ def record_recycle(event: RecycleEvent) -> None:
         _counts[event.kind] = _counts.get(event.kind, 0) + 1
         _by_integration[event.integration] = _by_integration.get(event.integration, 0) + 1
         _last[:] = [event]
+
+
+def counted(integration: str) -> int:
+    """How many workers of ``integration`` this process counted so far (runs no collector)."""
+    with _lock:
+        return _by_integration.get(integration, 0)
 
 
 def register_collector(collect: Callable[[], None]) -> None:

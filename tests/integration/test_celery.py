@@ -53,7 +53,7 @@ def _client(data: Path) -> Any:
 
 @contextlib.contextmanager
 def _worker(
-    data: Path, pid_dir: Path, log: Path, *, forkmem: bool = True
+    data: Path, pid_dir: Path, log: Path, *, forkmem: bool = True, **extra_env: str
 ) -> Iterator[subprocess.Popen[bytes]]:
     for sub in ("queue", "processed", "results", "control"):
         (data / sub).mkdir(parents=True, exist_ok=True)
@@ -62,6 +62,7 @@ def _worker(
         FORKMEM_CELERY_DIR=str(data),
         FORKMEM_EXAMPLE_PID_DIR=str(pid_dir),
         FORKMEM_DISABLE="0" if forkmem else "1",
+        **extra_env,
     )
     cmd = [
         sys.executable, "-m", "celery", "-A", "celery_app", "worker",
@@ -148,6 +149,8 @@ def test_without_forkmem_children_copy_the_heap(tmp_path: Path) -> None:
         ((celery.Celery("x"),), {"warmup": "yes"}),
         ((celery.Celery("x"),), {"immortalize": True}),
         ((celery.Celery("x"),), {"duty_cycle": 0}),
+        ((celery.Celery("x"),), {"max_private_memory": "plenty"}),
+        ((celery.Celery("x"),), {"max_private_memory": "1 GiB", "recycle_measure": "vms"}),
     ],
 )
 def test_install_rejects_bad_arguments(args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:

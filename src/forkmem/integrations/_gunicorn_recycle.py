@@ -21,8 +21,8 @@ from forkmem.recycle import (
     RecycleMonitor,
     RecyclePolicy,
     RecycleSlot,
+    counted,
     record_recycle,
-    recycle_stats,
 )
 
 if TYPE_CHECKING:
@@ -77,6 +77,6 @@ def collect(worker: Any) -> RecycleEvent | None:
             event.pid,
             event.reason,
             event.kind,
-            recycle_stats().by_integration.get(INTEGRATION, 0),
+            counted(INTEGRATION),
         )
     return event

@@ -28,8 +28,10 @@ from forkmem._disable import disabled
 from forkmem._exporter import Exporter, parse_listen
 from forkmem._sampler import Sampler
 from forkmem.errors import InvalidArgument
+from forkmem.integrations import _celery_recycle as _recycle
 from forkmem.integrations._common import ensure_child_hooks, start_metrics, warn_missing_bytecode
 from forkmem.integrations._options import WorkerOptions
+from forkmem.recycle import RecyclePolicy
 
 __all__ = ["install"]
 
@@ -53,6 +55,10 @@ def install(
     sample_memory: bool = True,
     duty_cycle: float = 0.01,
     metrics: str | None = None,
+    max_private_memory: str | int | None = None,
+    max_private_memory_hard: str | int | None = None,
+    recycle_measure: str = "uss",
+    recycle_samples: int = 2,
 ) -> None:
     """Apply forkmem to the prefork pool of Celery ``app``'s workers. Call it where the app is made.
 
@@ -60,14 +66,29 @@ def install(
     a plain collect-and-freeze. ``sample_memory`` samples each child's peak private memory at most
     ``duty_cycle`` of one CPU and logs it when the child exits. Calling it again for the same
     app replaces the options. With ``FORKMEM_DISABLE=1`` in the environment it does nothing.
+
+    ``max_private_memory`` (``"200 MiB"`` or bytes) retires a child whose private memory
+    (``recycle_measure``: USS by default) stays above it for ``recycle_samples`` consecutive
+    samples, after its current task, the way billiard retires it for
+    ``worker_max_memory_per_child``; no task is lost or run twice. ``max_private_memory_hard``
+    ends a child at once (``SIGKILL``: its task fails with billiard's ``WorkerLostError``).
+    See [Recycling workers by memory][forkmem.recycle.RecyclePolicy].
     """
     global _connected
+    policy = RecyclePolicy.build(
+        max_private_memory,
+        max_private_memory_hard,
+        measure=recycle_measure,
+        samples=recycle_samples,
+        where="install()",
+    )
     options = WorkerOptions.checked(
         "install",
         warmup=warmup,
         immortalize=immortalize,
         sample_memory=sample_memory,
         duty_cycle=duty_cycle,
+        recycle=policy,
         metrics=metrics,
     )
     if metrics is not None:
@@ -125,6 +146,8 @@ def _on_after_setup(sender: Any = None, instance: Any = None, **kwargs: Any) -> 
     options = _apps.get(app) if app is not None else None
     if options is not None:
         _freeze_once(options)
+        if options.recycle is not None:
+            _recycle.prepare_worker(instance)
 
 
 def _on_before_create_process(sender: Any = None, **kwargs: Any) -> None:
@@ -137,8 +160,11 @@ def _on_process_init(sender: Any = None, **kwargs: Any) -> None:
     global _sampler
     ensure_child_hooks()
     options = _frozen_with
-    if options is not None and options.sample_memory:
-        _sampler = Sampler(duty_cycle=options.duty_cycle).start()
+    if options is None:
+        return
+    on_sample = _recycle.watch(options.recycle) if options.recycle is not None else None
+    if options.sample_memory or on_sample is not None:
+        _sampler = Sampler(duty_cycle=options.duty_cycle, on_sample=on_sample).start()
 
 
 def _on_process_shutdown(sender: Any = None, pid: Any = None, **kwargs: Any) -> None:
