@@ -89,7 +89,10 @@ def test_thousand_tasks_with_random_sigkills(context: str, bursts: int) -> None:
         stop.set()
         killer.join()
     assert returned + lost == bursts * 100
-    assert all(e.pid is not None and e.exitcode == -signal.SIGKILL for e in errors)
+    # -9, or None when a loaded machine had not reported the exit status within the grace time.
+    assert all(e.pid is not None and e.exitcode in (-signal.SIGKILL, None) for e in errors), [
+        (str(e), e.exitcode) for e in errors
+    ]
     assert kills["busy"] >= 5, kills
     assert kills["idle"] >= 2 * bursts - 1, kills
     # A kill loses at most the one task its worker had started; idle workers lose none.

@@ -77,7 +77,8 @@ def test_leaking_workers_are_recycled_and_no_result_is_lost(tmp_path: Path) -> N
     assert after.last.samples == 2
     assert after.last.served > 0
     lines = [line for line in log_file.read_text().splitlines() if "recycling pool worker" in line]
-    assert len(lines) == recycled, lines
+    # A worker may still decide while the pool shuts down, after the parent stopped listening.
+    assert recycled <= len(lines) <= recycled + 2, lines
     assert "uss" in lines[0]
     assert "served" in lines[0]
     assert "age" in lines[0]
