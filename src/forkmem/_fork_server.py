@@ -19,6 +19,11 @@ descriptors the worker needs (``SCM_RIGHTS``), plus the read end of a "go" pipe;
 parent writes only once it has the pid: a worker whose parent gave up (timeout, dead server)
 sees end-of-file instead and exits without touching the descriptors, so no file is ever served
 twice. The server exits when the parent closes its end or dies (``PR_SET_PDEATHSIG``).
+
+The server need not be a fresh copy: `ForkServer.open` makes the socket pair, a child the
+parent forks for its own reasons later calls `ForkServer.serve_here` once its heap is worth
+copying (gunicorn's refork: a worker warmed by real requests), and the parent
+adopts it (`ForkServer.adopt`).
 """
 
 from __future__ import annotations
@@ -52,6 +57,10 @@ _PID = struct.Struct("=q")
 # Signals whose handlers the parent had when the server was made: the server changes its own,
 # and each worker gets the parent's back, as if the parent had forked it.
 _SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2)
+
+
+# open() -> (opener's end, server's end, opener pid, signal handlers), until adopt().
+_Pair = tuple[socket.socket, socket.socket, int, dict[signal.Signals, Any]]
 
 
 class ForkServerError(ForkmemError, OSError):
@@ -99,6 +108,9 @@ class ForkServer:
         self._timeout = timeout
         self._sock: socket.socket | None = None
         self._hook: ForkHook | None = None
+        self._pair: tuple[socket.socket, socket.socket, int, dict[signal.Signals, Any]] | None = (
+            None
+        )
         self.pid = 0
         self.spawned = 0
 
@@ -110,34 +122,63 @@ class ForkServer:
     def start(self) -> None:
         """Fork the server. Raises `UnsupportedPlatform` off Linux and
         `ForkServerError` when the kernel refuses (no subreaper, no socket, no fork)."""
+        if self._sock is not None:
+            return
+        self.open()
+        try:
+            pid = os.fork()
+        except OSError as exc:
+            self._close_pair()
+            raise ForkServerError(f"cannot fork the fork server: {exc}") from exc
+        if pid == 0:  # pragma: no cover - runs in the server, reported through its workers
+            self.serve_here()
+        self.adopt(pid)
+
+    def open(self) -> None:
+        """Make the server's socket pair now, without a server yet: a process this one forks
+        later becomes the server by calling `serve_here`, and this process then calls
+        `adopt` with its pid. (`start` is the three steps at once.)"""
         if not sys.platform.startswith("linux"):
             raise UnsupportedPlatform("a fork server needs Linux (PR_SET_CHILD_SUBREAPER)")
-        if self._sock is not None:
+        if self._pair is not None:
             return
         try:  # is the subreaper available at all? (set for real around each request)
             _prctl(_PR_SET_CHILD_SUBREAPER, 0)
             mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         except OSError as exc:
             raise ForkServerError(f"cannot start a fork server: {exc}") from exc
-        parent = os.getpid()
-        handlers = {s: signal.getsignal(s) for s in _SIGNALS}
+        self._pair = (mine, theirs, os.getpid(), {s: signal.getsignal(s) for s in _SIGNALS})
+
+    def _close_pair(self) -> None:
+        pair, self._pair = self._pair, None
+        if pair is not None:
+            pair[0].close()
+            pair[1].close()
+
+    def serve_here(self) -> NoReturn:  # pragma: no cover - runs in the server
+        """Become the server, in a child of the process that called `open`; never
+        returns. Workers are then forked from this process's heap, as it is now."""
+        status = 1
         try:
-            pid = os.fork()
-        except OSError as exc:
+            if self._pair is None:
+                raise ForkServerError("serve_here() needs open() first")
+            mine, theirs, parent, handlers = self._pair
             mine.close()
-            theirs.close()
-            raise ForkServerError(f"cannot fork the fork server: {exc}") from exc
-        if pid == 0:  # pragma: no cover - runs in the server, reported through its workers
-            status = 1
-            try:
-                mine.close()
-                self._serve(theirs, parent, handlers)
-                status = 0
-            except BaseException:
-                with contextlib.suppress(BaseException):
-                    _logger.exception("forkmem: the fork server stopped")
-            finally:
-                _real_exit(status)
+            self._serve(theirs, parent, handlers)
+            status = 0
+        except BaseException:
+            with contextlib.suppress(BaseException):
+                _logger.exception("forkmem: the fork server stopped")
+        finally:
+            _real_exit(status)
+
+    def adopt(self, pid: int) -> None:
+        """In the process that called `open`: child ``pid`` is serving now; spawn() asks
+        it from here on."""
+        if self._pair is None:
+            raise ForkServerError("adopt() needs open() first")
+        mine, theirs, _parent, _handlers = self._pair
+        self._pair = None
         theirs.close()
         mine.settimeout(self._timeout)
         self._sock = mine
@@ -147,6 +188,12 @@ class ForkServer:
         # A process this one forks by itself meanwhile must not hold the server's socket: the
         # server would never see end-of-file while it lives.
         self._hook = at_fork(after_in_child=self._forget, name="forkmem.fork_server.forget")
+
+    def close_client_end(self) -> None:
+        """In a child of the opener that will not serve (a sibling of the future server): drop
+        the opener's end, which is not this process's to use."""
+        if self._pair is not None:
+            self._pair[0].close()
 
     def _forget(self) -> None:
         sock, self._sock = self._sock, None

@@ -244,3 +244,79 @@ def test_forkmem_disable_turns_the_hooks_off(tmp_path: Path, site_env: dict[str,
     assert "FORKMEM_DISABLE is set; the gunicorn integration does nothing" in text
     assert "forkmem: froze" not in text
     assert "rehearsed" not in text
+
+
+# ---------------------------------------------------------------------------------------------
+# refork_after: a warmed worker becomes the mold that forks the others
+
+
+REFORK = (
+    "from forkmem.integrations.gunicorn import *  # noqa: F403\n"
+    "import forkmem.integrations.gunicorn as fg\n"
+    "fg.configure(refork_after=30)\n"
+)
+
+
+def _mold(log: Path) -> int:
+    found = re.findall(r"worker pid (\d+) is the mold now", log.read_text())
+    assert found, log.read_text()[-3000:]
+    return int(found[0])
+
+
+@pytest.mark.parametrize("worker_class", ["sync", "gthread"])
+def test_refork_replaces_workers_without_failing_a_request(
+    tmp_path: Path, site_env: dict[str, str], worker_class: str
+) -> None:
+    extra = ("--worker-class", worker_class, "--max-requests", "80")
+    with _serve(REFORK, tmp_path, site_env, *extra, workers=3) as (base, proc, log):
+        served, failed = _load(base, 5, tmp_path)
+        time.sleep(1.0)
+        mold = _mold(log)
+        children = {c.pid: c for c in psutil.Process(proc.pid).children()}
+        text = log.read_text()
+        # Every worker now is one the mold forked, and the master's own child.
+        booted = {int(p) for p in re.findall(r"Booting worker with pid: (\d+) \(forked by", text)}
+        workers = set(children) - {mold}
+        assert mold in children
+        assert workers, text[-3000:]
+        assert workers <= booted, (workers, booted, text[-3000:])
+        for pid in workers:
+            assert children[pid].ppid() == proc.pid
+    assert served > 200
+    assert failed == 0, text[-3000:]
+    # max_requests recycled mold-forked workers too, and the mold forked their replacements.
+    assert len(booted) > 3 + 2, text[-3000:]
+    assert "Autorestarting worker" in text
+
+
+def test_when_the_mold_dies_the_master_forks_again(
+    tmp_path: Path, site_env: dict[str, str]
+) -> None:
+    with _serve(REFORK, tmp_path, site_env, workers=2) as (base, proc, log):
+        _load(base, 2, tmp_path)
+        time.sleep(1.0)
+        mold = _mold(log)
+        os.kill(mold, signal.SIGKILL)
+        time.sleep(0.5)
+        proc.send_signal(signal.SIGTTIN)  # one more worker: the master must fork it itself
+        deadline = time.monotonic() + 20
+        while "is gone" not in log.read_text() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        time.sleep(1.0)
+        with urllib.request.urlopen(base + "/", timeout=10) as answer:
+            assert answer.status == 200
+        text = log.read_text()
+    assert f"the mold (pid {mold}) is gone" in text, text[-3000:]
+    after = text.split("is gone", 1)[1]
+    assert "Booting worker with pid" in after
+    assert "forked by the mold" not in after
+
+
+def test_refork_refuses_a_worker_class_it_cannot_host() -> None:
+    from gunicorn.workers.base import Worker
+
+    from forkmem import InvalidArgument
+    from forkmem.integrations._gunicorn_refork import check_worker_class
+
+    with pytest.raises(InvalidArgument, match="sync and gthread"):
+        check_worker_class(Worker)

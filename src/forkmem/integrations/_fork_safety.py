@@ -26,7 +26,7 @@ from typing import Any
 
 from forkmem.errors import UnsafeToFork
 
-__all__ = ["Settled", "Snapshot", "settle", "snapshot"]
+__all__ = ["Settled", "Snapshot", "close_databases", "settle", "snapshot"]
 
 _logger = logging.getLogger("forkmem.rehearsal")
 
@@ -89,7 +89,9 @@ def snapshot() -> Snapshot:
     return Snapshot(threads=_task_ids(), fds=_fds())
 
 
-def _close_databases() -> list[str]:
+def close_databases() -> list[str]:
+    """Close Django's connections and dispose SQLAlchemy engines, if the app imported them;
+    the names of what was closed."""
     closed: list[str] = []
     django_db = sys.modules.get("django.db")
     connections = getattr(django_db, "connections", None)
@@ -166,7 +168,7 @@ def settle(before: Snapshot, *, what: str) -> Settled:
     (naming them) if threads started since ``before`` are still running after a short grace:
     forking now could leave a lock they hold locked forever in every worker.
     """
-    databases = _close_databases()
+    databases = close_databases()
     threads = _new_threads(before)
     if threads:
         raise UnsafeToFork(

@@ -22,12 +22,14 @@ This module does not import gunicorn: the hooks only use the objects gunicorn pa
 from __future__ import annotations
 
 import logging
+import sys
 from typing import TYPE_CHECKING, Any
 
 from forkmem._disable import disabled
 from forkmem._exporter import Exporter, parse_listen
 from forkmem._immortal import unsupported_reason
 from forkmem._sampler import PeakSlot, Sampler, log_peak
+from forkmem.errors import InvalidArgument
 from forkmem.integrations import _gunicorn_recycle as _recycle
 from forkmem.integrations._common import (
     ensure_child_hooks,
@@ -35,6 +37,7 @@ from forkmem.integrations._common import (
     start_metrics,
     warn_missing_bytecode,
 )
+from forkmem.integrations._gunicorn_refork import Refork
 from forkmem.integrations._gunicorn_rehearsal import Request, check_requests, rehearse
 from forkmem.integrations._options import WorkerOptions
 from forkmem.recycle import RecyclePolicy
@@ -42,7 +45,7 @@ from forkmem.recycle import RecyclePolicy
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
 
-__all__ = ["child_exit", "post_fork", "pre_fork", "when_ready", "worker_exit"]
+__all__ = ["child_exit", "post_fork", "post_request", "pre_fork", "when_ready", "worker_exit"]
 
 _logger = logging.getLogger("forkmem.gunicorn")
 
@@ -51,6 +54,8 @@ _logger = logging.getLogger("forkmem.gunicorn")
 _settings = WorkerOptions(warmup=True, immortalize=None)
 _rehearsal: tuple[Request, ...] = ()
 _exporter: Exporter | None = None
+_refork_after: int | None = None
+_refork: Refork | None = None
 
 
 def configure(
@@ -65,6 +70,7 @@ def configure(
     recycle_measure: str = "uss",
     recycle_samples: int = 2,
     metrics: str | None = None,
+    refork_after: int | None = None,
 ) -> None:
     """Change what the hooks do; call it in ``gunicorn.conf.py`` (the master reads the file).
 
@@ -88,6 +94,12 @@ def configure(
     ``metrics="127.0.0.1:9464"`` serves Prometheus metrics for the master and its workers
     there (the ``metrics`` extra), from a ``forkmem export`` process the master starts in
     [`when_ready()`][forkmem.integrations.gunicorn.when_ready].
+
+    ``refork_after=N``: the first worker to serve N requests becomes the *mold*: it stops taking
+    requests, warms what it built (a collection, immortalization where supported,
+    ``malloc_trim``, ``gc.freeze()``) and forks every later worker; the master replaces the
+    others one at a time, gracefully. sync and gthread workers only (an
+    `InvalidArgument` at start-up otherwise), Linux only.
     """
     policy = RecyclePolicy.build(
         max_private_memory,
@@ -108,9 +120,17 @@ def configure(
         immortalize_auto=True,
     )
     requests = check_requests("configure(rehearse)", rehearse)
+    if refork_after is not None and (
+        isinstance(refork_after, bool) or not isinstance(refork_after, int) or refork_after < 1
+    ):
+        raise InvalidArgument(
+            f"configure(refork_after=...) must be a positive number of requests or None; "
+            f"got {refork_after!r}"
+        )
     if metrics is not None:
         parse_listen(metrics)
-    _settings, _rehearsal = settings, requests
+    global _refork_after
+    _settings, _rehearsal, _refork_after = settings, requests, refork_after
 
 
 def _immortalize() -> bool:
@@ -173,6 +193,23 @@ def when_ready(server: Any) -> None:
     global _exporter
     if _exporter is None:
         _exporter = start_metrics(_settings.metrics, "gunicorn")
+    if _refork_after is not None:
+        _install_refork(server)
+
+
+def _install_refork(server: Any) -> None:
+    global _refork
+    if not sys.platform.startswith("linux"):
+        _logger.warning("forkmem: refork_after needs Linux (PR_SET_CHILD_SUBREAPER); not reforking")
+        return
+    assert _refork_after is not None
+    refork = Refork(_refork_after, immortalize=_settings.immortalize)
+    refork.install(server)  # InvalidArgument for a worker class it cannot host
+    _refork = refork
+    _logger.info(
+        "forkmem: refork on: the first worker to serve %d requests forks the others",
+        _refork_after,
+    )
 
 
 def pre_fork(server: Any, worker: Any) -> None:
@@ -190,6 +227,8 @@ def post_fork(server: Any, worker: Any) -> None:
     if disabled("gunicorn"):
         return
     ensure_child_hooks()
+    if _refork is not None:
+        _refork.post_fork()
     slot = getattr(worker, "_forkmem_slot", None)
     policy = _settings.recycle
     on_sample = _recycle.watch(worker, policy) if policy is not None else None
@@ -204,6 +243,14 @@ def worker_exit(server: Any, worker: Any) -> None:
     sampler = getattr(worker, "_forkmem_sampler", None)
     if sampler is not None:
         sampler.stop()
+    if _refork is not None:
+        _refork.worker_exit(worker)  # the mold does not return from here
+
+
+def post_request(worker: Any, req: Any, environ: Any, resp: Any) -> None:
+    """Worker, after each request: with ``refork_after``, count towards becoming the mold."""
+    if _refork is not None:
+        _refork.post_request(worker)
 
 
 def child_exit(server: Any, worker: Any) -> None:

@@ -1,0 +1,360 @@
+"""Refork: a gunicorn worker warmed by real requests becomes the mold that forks every later
+worker (private).
+
+A worker that has served ``after`` requests holds, in pages it wrote itself, everything the app
+builds lazily: caches, compiled templates, specialized bytecode, the allocator's refilled
+holes. Workers forked from the master build all of that again, each its own copy; workers forked
+from that worker share it. So the first worker to get there claims the one token, stops taking
+requests, warms what it built (a young collection, immortalization where supported,
+``malloc_trim``, ``gc.freeze()``) and becomes a `forkmem._fork_server.ForkServer`. The
+master adopts it, takes it out of its worker table, and from then on every worker it spawns is
+forked by the mold; it replaces its own workers one at a time (one extra worker from the mold,
+then gunicorn retires the oldest, gracefully, as for a TTOU).
+
+Mold-forked workers are the master's own children (it is a child subreaper while it asks for
+one), in its worker table with their heartbeat file (passed to them over the socket), so
+signals, timeouts, ``max_requests`` and reaping work as for any worker. If the mold dies, the
+master forks workers itself again and says so; there is one mold per master.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import logging
+import os
+import socket
+import struct
+import sys
+import threading
+import time
+from typing import TYPE_CHECKING, Any, NoReturn
+
+from forkmem._fork_server import ForkServer, ForkServerError
+from forkmem._immortal import unsupported_reason
+from forkmem._malloc import malloc_trim
+from forkmem.errors import InvalidArgument
+from forkmem.integrations._fork_safety import close_databases
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+__all__ = ["Refork", "check_worker_class"]
+
+_logger = logging.getLogger("forkmem.gunicorn")
+
+_PID = struct.Struct("=q")
+_THREADS_GRACE = 5.0  # gthread: the pool's threads finish their requests, then end
+
+
+def check_worker_class(worker_class: type) -> None:
+    """Refork hosts the sync and gthread workers; any other class is an InvalidArgument."""
+    from gunicorn.workers.gthread import ThreadWorker
+    from gunicorn.workers.sync import SyncWorker
+
+    if not issubclass(worker_class, (SyncWorker, ThreadWorker)):
+        raise InvalidArgument(
+            f"configure(refork_after=...) supports the sync and gthread worker classes, not "
+            f"{worker_class.__module__}.{worker_class.__qualname__}: an event loop's worker "
+            "cannot be forked mid-flight"
+        )
+
+
+class _Heartbeat:
+    """The worker's end of the heartbeat file the master made for it (gunicorn's WorkerTmp
+    interface: the master checks the file's mtime, the worker touches it)."""
+
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+
+    def notify(self) -> None:
+        now = time.monotonic()
+        os.utime(self._fd, (now, now))
+
+    def last_update(self) -> float:
+        return os.fstat(self._fd).st_mtime
+
+    def fileno(self) -> int:
+        return self._fd
+
+    def close(self) -> None:
+        fd, self._fd = self._fd, -1
+        if fd >= 0:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+
+class Refork:
+    """The master's and the workers' side of refork for one arbiter."""
+
+    def __init__(self, after: int, *, immortalize: bool | None) -> None:
+        self.after = after
+        self.immortalize = immortalize
+        self.server = ForkServer(self._boot, timeout=10.0)
+        self.arbiter: Any = None
+        self.master_pid = 0
+        self.mold_pid = 0
+        self._token = (-1, -1)  # whoever reads the one byte is the mold
+        self._announce = (-1, -1)  # the mold writes its pid here for the master
+        self._spawn_plain: Callable[[], Any] | None = None
+        self._manage_plain: Callable[[], Any] | None = None
+        self._old: set[int] = set()
+
+    # -- master ------------------------------------------------------------------------------
+
+    def install(self, arbiter: Any) -> None:
+        """In the master, before the first fork: the token, the channels, the arbiter's spawn
+        and manage steps."""
+        check_worker_class(arbiter.worker_class)
+        self.server.open()
+        token_r, token_w = os.pipe()
+        os.set_blocking(token_r, False)
+        os.write(token_w, b"m")
+        announce_r, announce_w = os.pipe()
+        os.set_blocking(announce_r, False)
+        self._token, self._announce = (token_r, token_w), (announce_r, announce_w)
+        self.arbiter = arbiter
+        self.master_pid = os.getpid()
+        self._spawn_plain = arbiter.spawn_worker
+        self._manage_plain = arbiter.manage_workers
+        # Instance attributes: gunicorn's own loop calls self.spawn_worker()/manage_workers().
+        arbiter.spawn_worker = self._spawn
+        arbiter.manage_workers = self._manage
+
+    def _mold_alive(self) -> bool:
+        if not self.mold_pid or not self.server.alive:
+            return False
+        import psutil
+
+        try:
+            return psutil.Process(self.mold_pid).status() != psutil.STATUS_ZOMBIE
+        except psutil.Error:
+            return False
+
+    def _mold_gone(self, why: str) -> None:
+        _logger.warning(
+            "forkmem: the mold (pid %d) is gone (%s); the master forks workers itself again",
+            self.mold_pid,
+            why,
+        )
+        self.mold_pid = 0
+        self._old.clear()
+        self.server.close(timeout=0)
+
+    def _spawn(self) -> Any:
+        assert self._spawn_plain is not None
+        if not self.mold_pid:
+            return self._spawn_plain()
+        if not self._mold_alive():
+            self._mold_gone("it exited")
+            return self._spawn_plain()
+        arbiter = self.arbiter
+        arbiter.worker_age += 1
+        worker = arbiter.worker_class(
+            arbiter.worker_age,
+            arbiter.pid,
+            arbiter.LISTENERS,
+            arbiter.app,
+            arbiter.timeout / 2.0,
+            arbiter.cfg,
+            arbiter.log,
+        )
+        arbiter.cfg.pre_fork(arbiter, worker)
+        # The memory slot forkmem's pre_fork made lives in the master's memory only: a worker
+        # forked by the mold cannot write to it.
+        slot = getattr(worker, "_forkmem_slot", None)
+        if slot is not None:
+            slot.close()
+            del worker._forkmem_slot
+        try:
+            # The listeners travel with the heartbeat file: a gthread worker closes its own on
+            # the way out, so the mold may have none left.
+            fds = [worker.tmp.fileno(), *(listener.fileno() for listener in arbiter.LISTENERS)]
+            pid = self.server.spawn(fds, {"age": worker.age})
+        except ForkServerError as exc:
+            worker.tmp.close()
+            self._mold_gone(str(exc))
+            return self._spawn_plain()
+        worker.pid = pid
+        arbiter.WORKERS[pid] = worker
+        stats = getattr(arbiter, "_stats", None)
+        if isinstance(stats, dict) and "workers_spawned" in stats:
+            stats["workers_spawned"] += 1
+        return pid
+
+    def _adopt(self) -> None:
+        try:
+            data = os.read(self._announce[0], _PID.size)
+        except OSError:  # BlockingIOError included: no mold yet
+            return
+        if len(data) != _PID.size:
+            return
+        pid = _PID.unpack(data)[0]
+        worker = self.arbiter.WORKERS.pop(pid, None)
+        if worker is not None:
+            worker.tmp.close()
+            slot = getattr(worker, "_forkmem_slot", None)
+            if slot is not None:
+                slot.close()
+        self.server.adopt(pid)
+        self.mold_pid = pid
+        self._old = set(self.arbiter.WORKERS)
+        _logger.info(
+            "forkmem: worker pid %d is the mold now; its %d siblings are replaced by workers it "
+            "forks, one at a time",
+            pid,
+            len(self._old),
+        )
+
+    def _manage(self) -> None:
+        assert self._manage_plain is not None
+        if not self.mold_pid and self._announce[0] >= 0:
+            self._adopt()
+        self._manage_plain()
+        if not self.mold_pid:
+            return
+        arbiter = self.arbiter
+        self._old &= set(arbiter.WORKERS)
+        # One extra worker from the mold; gunicorn's next pass retires the oldest (an old one),
+        # gracefully. Only once the previous one is gone, so capacity never drops.
+        if self._old and len(arbiter.WORKERS) <= arbiter.num_workers:
+            self._spawn()
+
+    # -- workers -----------------------------------------------------------------------------
+
+    def _close_channels(self) -> None:
+        # Each number closed once, then forgotten: a later os.close() of a reused number would
+        # close someone else's descriptor.
+        for fd in (*self._token, *self._announce):
+            if fd >= 0:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+        self._token = self._announce = (-1, -1)
+
+    def post_fork(self) -> None:
+        """In a worker the master forked: it may become the mold, never the master's reader."""
+        self.server.close_client_end()
+        if self._announce[0] >= 0:
+            with contextlib.suppress(OSError):
+                os.close(self._announce[0])
+            self._announce = (-1, self._announce[1])
+
+    def post_request(self, worker: Any) -> None:
+        """In a worker, after each request: the first to reach ``after`` claims the token and
+        stops taking requests; its ``worker_exit`` then makes it the mold."""
+        if worker.nr < self.after or getattr(worker, "_forkmem_mold", False):
+            return
+        if os.getppid() != self.master_pid or self._token[0] < 0:
+            return
+        try:
+            claimed = os.read(self._token[0], 1) == b"m"
+        except OSError:  # BlockingIOError included: another worker has it
+            claimed = False
+        if claimed:
+            worker._forkmem_mold = True
+            worker.alive = False
+
+    def worker_exit(self, worker: Any) -> None:
+        """In a worker on its way out: the one that claimed the token becomes the mold here,
+        and never returns."""
+        if getattr(worker, "_forkmem_mold", False):
+            self._become_mold(worker)
+
+    def _give_back(self) -> None:
+        if self._token[1] >= 0:
+            with contextlib.suppress(OSError):
+                os.write(self._token[1], b"m")
+
+    def _become_mold(self, worker: Any) -> None:
+        deadline = time.monotonic() + _THREADS_GRACE
+        while threading.active_count() > 1 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if threading.active_count() > 1:
+            names = ", ".join(t.name for t in threading.enumerate() if t.name != "MainThread")
+            _logger.error(
+                "forkmem: worker pid %d cannot be the mold, threads still run (%s); it exits",
+                os.getpid(),
+                names,
+            )
+            self._give_back()
+            return
+        close_databases()
+        started = time.perf_counter()
+        gc.collect()  # what the master froze stays frozen: this walks the worker's own objects
+        immortal = 0
+        if self.immortalize is not False and unsupported_reason() is None:
+            from forkmem._immortal import immortalize
+
+            immortal = immortalize(gc.get_objects()).objects
+        malloc_trim()
+        gc.freeze()
+        os.write(self._announce[1], _PID.pack(os.getpid()))
+        self._close_channels()
+        _logger.info(
+            "forkmem: worker pid %d served %d requests and warmed its heap in %.3f s (%d objects "
+            "made immortal); it forks the workers from now on",
+            os.getpid(),
+            worker.nr,
+            time.perf_counter() - started,
+            immortal,
+        )
+        with contextlib.suppress(Exception):
+            from gunicorn import util
+
+            util._setproctitle(f"mold [{self.arbiter.proc_name}]")
+        self.server.serve_here()
+
+    def _boot(self, fds: list[int], request: dict[str, Any]) -> NoReturn:
+        """In a worker the mold forked: what gunicorn's arbiter does in a child it forked."""
+        from gunicorn import sock, util
+        from gunicorn.errors import AppImportError
+
+        # Not a mold candidate: a second mold would fork from a copy of the first.
+        self._close_channels()
+        arbiter = self.arbiter
+        arbiter.LISTENERS = (
+            sock.create_sockets(arbiter.cfg, arbiter.log, fds[1:]) if fds[1:] else []
+        )
+        worker = arbiter.worker_class(
+            request["age"],
+            self.master_pid,
+            arbiter.LISTENERS,
+            arbiter.app,
+            arbiter.timeout / 2.0,
+            arbiter.cfg,
+            arbiter.log,
+        )
+        worker.tmp.close()  # the master watches the file it made and passed over
+        worker.tmp = _Heartbeat(fds[0])
+        worker.pid = os.getpid()
+        code = 0
+        try:
+            util._setproctitle(f"worker [{arbiter.proc_name}]")
+            arbiter.log.info("Booting worker with pid: %s (forked by the mold)", worker.pid)
+            if arbiter.cfg.reuse_port and hasattr(socket, "SO_REUSEPORT"):
+                worker.sockets = sock.create_sockets(arbiter.cfg, arbiter.log)
+            arbiter.cfg.post_fork(arbiter, worker)
+            worker.init_process()
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        except AppImportError as exc:
+            print(exc, file=sys.stderr)
+            code = arbiter.APP_LOAD_ERROR
+        except Exception as exc:
+            arbiter.log.exception("Exception in worker process")
+            print(exc, file=sys.stderr)
+            code = arbiter.WORKER_BOOT_ERROR if not worker.booted else 255
+        finally:
+            arbiter.log.info("Worker exiting (pid: %s)", worker.pid)
+            try:
+                worker.tmp.close()
+                arbiter.cfg.worker_exit(arbiter, worker)
+            except Exception:
+                arbiter.log.warning("Exception during worker exit", exc_info=True)
+        # The fork server turns anything that leaves this function into status 124: exit
+        # here with gunicorn's status, after flushing what the worker logged.
+        with contextlib.suppress(Exception):
+            logging.shutdown()
+            sys.stdout.flush()
+            sys.stderr.flush()
+        os._exit(code)
