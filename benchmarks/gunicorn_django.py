@@ -26,7 +26,6 @@ import argparse
 import contextlib
 import os
 import re
-import signal
 import socket
 import statistics
 import subprocess
@@ -39,6 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import psutil
+from _procs import stop
 
 import forkmem
 
@@ -111,17 +111,6 @@ def wait_up(base: str, proc: subprocess.Popen[bytes], log: Path, timeout: float 
             if proc.poll() is not None or time.monotonic() > deadline:
                 raise SystemExit(f"gunicorn did not come up:\n{log.read_text()}") from None
             time.sleep(0.2)
-
-
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(timeout=30)
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGKILL)
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        proc.wait(timeout=5)
 
 
 def parse_wrk(text: str) -> tuple[float, int, int]:

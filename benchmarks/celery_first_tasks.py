@@ -1,0 +1,107 @@
+"""How much private memory a Celery prefork child builds on its first tasks: the most a
+rehearsal (or a refork) could share.
+
+Starts ``celery -A celery_app worker --pool=prefork --concurrency=1`` from ``examples/`` (the
+filesystem broker: no server needed), with and without forkmem (``FORKMEM_DISABLE=1``), and
+reads the pool child's private memory (USS, from outside) when it is idle, after its first task
+and after ``--tasks`` tasks. The first-task growth is what each child builds lazily for itself;
+a rehearsal in the main process before the fork could share at most that.
+
+    python benchmarks/celery_first_tasks.py [--tasks 200]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import psutil
+from _procs import stop
+from celery import Celery
+
+import forkmem
+
+MiB = 1024 * 1024
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+
+def client(data: Path) -> Celery:
+    app = Celery("client", broker="filesystem://", backend=f"file://{data / 'results'}")
+    app.conf.update(
+        broker_transport_options={
+            "data_folder_in": str(data / "queue"),
+            "data_folder_out": str(data / "queue"),
+            "processed_folder": str(data / "processed"),
+            "control_folder": str(data / "control"),
+            "store_processed": False,
+            "polling_interval": 0.05,
+        },
+        task_serializer="json",
+        result_serializer="json",
+        accept_content=["json"],
+    )
+    return app
+
+
+def measure(data: Path, tasks: int, disable: bool) -> tuple[int, int, int]:
+    for sub in ("queue", "processed", "results", "control"):
+        (data / sub).mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ, FORKMEM_CELERY_DIR=str(data), FORKMEM_DISABLE="1" if disable else "0")
+    log = data / "worker.log"
+    command = [
+        sys.executable, "-m", "celery", "-A", "celery_app", "worker", "--pool=prefork",
+        "--concurrency=1", "--loglevel=INFO", "--without-heartbeat", "--without-gossip",
+        "--without-mingle",
+    ]  # fmt: skip
+    app = client(data)
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            command, cwd=EXAMPLES, env=env, stdout=out, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while "ready." not in log.read_text():
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise SystemExit(f"the worker did not start:\n{log.read_text()}")
+            time.sleep(0.2)
+        time.sleep(1.0)
+        (child,) = psutil.Process(proc.pid).children()
+        idle = forkmem.memory(child.pid).uss
+        app.send_task("celery_app.whoami").get(timeout=30, interval=0.05)
+        first = forkmem.memory(child.pid).uss
+        results = [app.send_task("celery_app.whoami") for _ in range(tasks - 1)]
+        for result in results:
+            result.get(timeout=60, interval=0.05)
+        later = forkmem.memory(child.pid).uss
+    finally:
+        stop(proc, grace=20.0)
+    return idle, first, later
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tasks", type=int, default=200)
+    args = parser.parse_args()
+    print(f"Celery prefork child, 1 child, example app, Python {sys.version.split()[0]}")
+    print(
+        f"{'setup':<10} {'idle':>10} {'1 task':>10} {f'{args.tasks} tasks':>11} "
+        f"{'1st-task growth':>16}"
+    )
+    for name, disable in (("stock", True), ("forkmem", False)):
+        with tempfile.TemporaryDirectory(prefix="forkmem-celery-bench-") as tmp:
+            idle, first, later = measure(Path(tmp), args.tasks, disable)
+        print(
+            f"{name:<10} {idle / MiB:6.1f} MiB {first / MiB:6.1f} MiB {later / MiB:7.1f} MiB "
+            f"{(first - idle) / MiB:12.1f} MiB"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
