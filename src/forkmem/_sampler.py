@@ -28,6 +28,10 @@ from forkmem._units import format_bytes
 from forkmem._validate import check_duty_cycle
 from forkmem.errors import ForkmemError, InvalidArgument
 
+# Imported here, not at the first sample: the parent loads it once before it forks, and no
+# worker pays ~25 ms of imports (and their private pages) for its first sample.
+from forkmem.usage import memory
+
 if TYPE_CHECKING:
     from collections.abc import Callable
 
@@ -163,8 +167,6 @@ class Sampler:
         """Take one sample now; ``False`` once the process is gone or cannot be read."""
         if self._dead:
             return False
-        from forkmem.usage import memory
-
         started = time.perf_counter()
         try:
             usage = memory(self.pid)
