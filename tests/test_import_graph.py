@@ -191,3 +191,39 @@ def test_airflow_internals_are_touched_in_one_module() -> None:
     assert _private_touches(package / "_private_api.py"), "the list no longer matches the module"
     others = [p for p in sorted(package.glob("*.py")) if p.name != "_private_api.py"]
     assert [t for p in others for t in _private_touches(p)] == []
+
+
+def _private_names_taken(name: str) -> list[str]:
+    """``from forkmem.x import _y`` (``_y`` no module), ``x._y`` on an imported forkmem module."""
+    path, _ = MODULES[name]
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    modules: set[str] = set()  # local names bound to forkmem modules
+    taken = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and not node.level:
+            if not (node.module or "").startswith("forkmem"):
+                continue
+            for alias in node.names:
+                if f"{node.module}.{alias.name}" in MODULES:
+                    modules.add(alias.asname or alias.name)
+                elif alias.name.startswith("_") and not alias.name.startswith("__"):
+                    taken.append(f"line {node.lineno}: from {node.module} import {alias.name}")
+        elif isinstance(node, ast.Import):
+            modules.update(a.asname for a in node.names if a.asname and a.name in MODULES)
+    for node in ast.walk(tree):
+        if (
+            isinstance(node, ast.Attribute)
+            and isinstance(node.value, ast.Name)
+            and node.value.id in modules
+            and node.attr.startswith("_")
+            and not node.attr.startswith("__")
+        ):
+            taken.append(f"line {node.lineno}: {node.value.id}.{node.attr}")
+    return taken
+
+
+@pytest.mark.parametrize("name", sorted(MODULES))
+def test_no_module_takes_a_siblings_private_name(name: str) -> None:
+    # A private module is fine to import inside the package; a private *name* of another
+    # module is not: give it a public-in-package name in its module instead.
+    assert _private_names_taken(name) == []

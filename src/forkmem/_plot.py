@@ -10,13 +10,14 @@ from forkmem.errors import InvalidArgument, MissingDependency
 if TYPE_CHECKING:
     from forkmem._growth import GrowthReport
 
-__all__ = ["plot_growth"]
+__all__ = ["plot_growth", "pyplot"]
 
 _FORMATS = {".png": "png", ".svg": "svg"}
 _MIB = 1024 * 1024
 
 
-def _pyplot() -> Any:
+def pyplot() -> Any:
+    """matplotlib's pyplot on a file-only backend; a typed error without the plot extra."""
     try:
         import matplotlib
 
@@ -33,7 +34,7 @@ def plot_growth(report: GrowthReport, path: str, *, top: int = 5) -> None:
     fmt = _FORMATS.get(os.path.splitext(path)[1].lower())
     if fmt is None:
         raise InvalidArgument(f"--plot: {path!r} must end in .png or .svg")
-    plt = _pyplot()
+    plt = pyplot()
     s = report.series
     fig, (ax_tree, ax_procs) = plt.subplots(2, 1, figsize=(7, 5.5), sharex=True)
     ax_tree.plot(s["t"], [v / _MIB for v in s["tree_pss"]], label="tree PSS", lw=2)

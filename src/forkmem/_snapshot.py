@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     import re
     from collections.abc import Collection, Iterable
 
-__all__ = ["ProcessSample", "TreeSample", "sample_processes", "sample_tree"]
+__all__ = ["ProcessSample", "TreeSample", "process_name", "sample_processes", "sample_tree"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,7 +82,8 @@ class TreeSample:
         return out
 
 
-def _name(pid: int) -> str:
+def process_name(pid: int) -> str:
+    """The process's command name (``/proc/PID/comm``, else psutil's); "?" when neither reads it."""
     try:
         with open(f"/proc/{pid}/comm", "rb") as f:
             return f.read().decode("utf-8", "replace").strip()
@@ -152,7 +153,7 @@ def sample_processes(
             ProcessSample(
                 usage=usage,
                 ppid=ppid,
-                name=_name(pid),
+                name=process_name(pid),
                 cmdline=lines[pid],
                 peak_rss=_peak(pid),
                 shared_with_parent=shared,

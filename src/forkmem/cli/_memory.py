@@ -221,9 +221,9 @@ def _fast_sample(pid: int | None, *, tree: bool, match: re.Pattern[str] | None) 
 
 
 def _command(pid: int) -> str:
-    from forkmem._snapshot import _name
+    from forkmem._snapshot import process_name
 
-    return _name(pid)
+    return process_name(pid)
 
 
 def _groups(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:

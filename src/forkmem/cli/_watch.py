@@ -56,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
     if args.plot:
         from forkmem import _plot
 
-        _plot._pyplot()  # a missing extra fails now, not after the whole watch
+        _plot.pyplot()  # a missing extra fails now, not after the whole watch
     me = os.getpid()
     samples = []
     cgroups = []
