@@ -21,7 +21,7 @@ from _memory_children import (
     wait_zombie,
     write_on_command,
 )
-from forkmem import _backend_linux, _backend_psutil
+from forkmem import _backend_linux, _backend_psutil, _proc_read
 
 pytestmark = pytest.mark.linux_only
 
@@ -188,7 +188,7 @@ def test_rollup_smaps_and_psutil_agree_on_a_still_child() -> None:
 
 
 def test_smaps_fallback_is_used_without_rollup(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(_backend_linux, "_has_rollup", False)
+    monkeypatch.setattr(_proc_read, "_has_rollup", False)
     m = forkmem.memory()
     assert m.source == "smaps"
     assert m.pss_anon is None

@@ -154,9 +154,9 @@ def test_cow_report_rejects_a_backend_without_the_split() -> None:
 
 
 def test_tree_on_the_smaps_fallback(monkeypatch: pytest.MonkeyPatch) -> None:
-    from forkmem import _backend_linux
+    from forkmem import _proc_read
 
-    monkeypatch.setattr(_backend_linux, "_has_rollup", False)
+    monkeypatch.setattr(_proc_read, "_has_rollup", False)
     with forked(sleeper) as child:
         assert child.recv() == "ready"
         tree = forkmem.memory_tree()

@@ -6,12 +6,11 @@ the module that picks the backend.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
-from forkmem.errors import InvalidArgument
+from forkmem._pid import PID_MAX, check_pid
 
-__all__ = ["MemoryUsage", "RssBreakdown", "check_pid"]
+__all__ = ["PID_MAX", "MemoryUsage", "RssBreakdown", "check_pid"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,22 +83,3 @@ class RssBreakdown:
 
 # pid_t is a signed 32-bit int on every platform psutil supports; anything larger is not a
 # process id, and formatting a huge int into "/proc/{pid}" would itself raise a raw ValueError.
-PID_MAX = 2**31 - 1
-
-
-def check_pid(pid: object, *, default_self: bool = True) -> int:
-    """The one pid validator of every public entry point: a positive int that fits a pid_t.
-
-    ``None`` means this process unless ``default_self`` is false; anything else that is not
-    such an int raises [`InvalidArgument`][forkmem.InvalidArgument].
-    """
-    if pid is None and default_self:
-        return os.getpid()
-    if isinstance(pid, bool) or not isinstance(pid, int):
-        allowed = "an int or None" if default_self else "an int"
-        raise InvalidArgument(f"pid must be {allowed}, not {type(pid).__name__}")
-    if not 0 < pid <= PID_MAX:
-        # Never str() the int itself: above 4300 digits that raises ValueError.
-        shown = str(pid) if pid.bit_length() <= 64 else f"a {pid.bit_length()}-bit int"
-        raise InvalidArgument(f"pid must be a positive int of at most {PID_MAX}, not {shown}")
-    return pid

@@ -181,9 +181,9 @@ def analyze(
         for p in sample.processes:
             s = series.setdefault(p.pid, {"t": [], "rss": [], "pss": [], "uss": []})
             s["t"].append(t)
-            s["rss"].append(p.usage.rss)
-            s["pss"].append(float(p.usage.pss or 0))
-            s["uss"].append(float(p.usage.uss or 0))
+            s["rss"].append(p.fields["rss"])
+            s["pss"].append(float(p.fields["pss"] or 0))
+            s["uss"].append(float(p.fields["uss"] or 0))
             names[p.pid] = p.name
     first = {p.pid for p in samples[0].processes}
     last = {p.pid for p in samples[-1].processes}

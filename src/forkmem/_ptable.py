@@ -9,14 +9,14 @@ from __future__ import annotations
 import os
 import sys
 
-__all__ = ["cmdline", "descendants", "parent_map"]
+__all__ = ["LINUX", "cmdline", "descendants", "parent_map"]
 
-_LINUX = sys.platform.startswith("linux") and os.path.isdir("/proc/self")
+LINUX = sys.platform.startswith("linux") and os.path.isdir("/proc/self")
 
 
 def parent_map() -> dict[int, int]:
     """Map every visible process id to its parent's id."""
-    if not _LINUX:
+    if not LINUX:
         import psutil
 
         return {p.pid: p.info["ppid"] or 0 for p in psutil.process_iter(["ppid"])}
@@ -60,7 +60,7 @@ def cmdline(pid: int) -> str | None:
     Kernel threads and zombies have an empty command line: their ``comm`` name in brackets,
     as ps shows it.
     """
-    if not _LINUX:
+    if not LINUX:
         import psutil
 
         try:

@@ -110,7 +110,7 @@ class TreeCollector:
         for suffix, field, text in _PROCESS_GAUGES:
             family = GaugeMetricFamily(f"forkmem_process_{suffix}_bytes", text, labels=labels)
             for p in sample.processes:
-                value = getattr(p.usage, field) if field else getattr(p, suffix)
+                value = p.get(field or suffix)
                 if value is not None:
                     family.add_metric([str(p.pid), p.role, p.name], value)
             yield family

@@ -16,13 +16,14 @@ import contextlib
 import importlib
 import os
 import sys
-from typing import TYPE_CHECKING, Any, NoReturn
 
 from forkmem._version import __version__
 from forkmem.errors import AccessDenied, ForkmemError
 
+TYPE_CHECKING = False  # importing typing would cost every command's start-up a few ms
 if TYPE_CHECKING:
     from collections.abc import Sequence
+    from typing import Any, NoReturn
 
 __all__ = ["main"]
 

@@ -9,15 +9,15 @@ from __future__ import annotations
 import os
 import sys
 import time
-from dataclasses import fields
-from typing import TYPE_CHECKING, Any
 
 from forkmem._units import format_bytes
 from forkmem.errors import AccessDenied, InvalidArgument, NoSuchProcess
 
+TYPE_CHECKING = False  # typing costs start-up time; mypy reads the block below all the same
 if TYPE_CHECKING:
     import argparse
     import re
+    from typing import Any
 
 # (header, key) per table column; the keys are also the JSON keys and the --sort names.
 _FULL_COLUMNS: tuple[tuple[str, str], ...] = (
@@ -124,10 +124,6 @@ def read_pid_file(path: str) -> int:
     return int(text)
 
 
-def _as_dict(obj: Any) -> dict[str, Any]:
-    return {f.name: getattr(obj, f.name) for f in fields(obj)}
-
-
 def _pattern(regex: str | None) -> re.Pattern[str] | None:
     if regex is None:
         return None
@@ -183,15 +179,15 @@ def _sample_dict(sample: Any, *, tree: bool) -> dict[str, Any]:
 
 def _fast_sample(pid: int | None, *, tree: bool, match: re.Pattern[str] | None) -> dict[str, Any]:
     from forkmem import _ptable
-    from forkmem._common import check_pid
-    from forkmem.usage import rss_breakdown
+    from forkmem._pid import check_pid
+    from forkmem._snapshot import status_of
 
     root = None if pid is None else check_pid(pid)
     parents = _ptable.parent_map()
     if root is None:
         pids = sorted(set(parents) - {os.getpid()})  # our own command line holds the regex
     else:
-        rss_breakdown(root)  # a missing root is the caller's error
+        status_of(root)  # a missing root is the caller's error
         pids = [root, *(_ptable.descendants(root, parents) if tree else ())]
     rows: list[dict[str, Any]] = []
     skipped = denied = 0
@@ -200,7 +196,7 @@ def _fast_sample(pid: int | None, *, tree: bool, match: re.Pattern[str] | None) 
         if match is not None and (line is None or not match.search(line)):
             continue
         try:
-            row = _as_dict(rss_breakdown(p))
+            row = status_of(p)
         except NoSuchProcess:
             skipped += 1
             continue
@@ -336,9 +332,11 @@ def _run_cgroup(args: argparse.Namespace) -> int:
 
     cg = cgroup_memory()
     if args.json:
+        import dataclasses
         import json
 
-        data = None if cg is None else dict(_as_dict(cg), stat=dict(cg.stat))
+        fields = {} if cg is None else {f.name: getattr(cg, f.name) for f in dataclasses.fields(cg)}
+        data = None if cg is None else dict(fields, stat=dict(cg.stat))
         print(json.dumps(data))
         return 0
     if cg is None:
