@@ -73,6 +73,12 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     for name in _COMMANDS:
         if command is None or name.rpartition("._")[2] == command:
             importlib.import_module(name).register(sub)
+    for parser_ in set(sub.choices.values()):
+        # Every command takes --json, if only for its errors (see main).
+        if "--json" not in parser_._option_string_actions:
+            parser_.add_argument(
+                "--json", action="store_true", help="report errors as one JSON object on stdout"
+            )
     return parser
 
 
