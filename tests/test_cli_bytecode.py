@@ -59,7 +59,14 @@ def test_json_output(tree: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code, out = run_cli(capsys, "--json", str(tree / "app"))
     assert code == 1
     data = json.loads(out)
-    assert data["counts"] == {"ok": 1, "missing": 2, "stale": 0, "unwritable": 0, "sourceless": 0}
+    assert data["counts"] == {
+        "ok": 1,
+        "missing": 2,
+        "stale": 0,
+        "unwritable": 0,
+        "unsafe": 0,
+        "sourceless": 0,
+    }
     assert data["fix"] is None
     assert data["cost"] is None
     assert {Path(f["source"]).name: f["status"] for f in data["files"]} == {

@@ -26,11 +26,18 @@ __all__ = [
     "euid",
 ]
 
-BytecodeStatus = Literal["ok", "missing", "stale", "unwritable", "sourceless"]
+BytecodeStatus = Literal["ok", "missing", "stale", "unwritable", "unsafe", "sourceless"]
 """Status of one module file; see [`BytecodeFile`][forkmem.BytecodeFile]."""
 
-STATUSES: tuple[BytecodeStatus, ...] = ("ok", "missing", "stale", "unwritable", "sourceless")
-_UNCACHED = frozenset({"missing", "stale", "unwritable"})
+STATUSES: tuple[BytecodeStatus, ...] = (
+    "ok",
+    "missing",
+    "stale",
+    "unwritable",
+    "unsafe",
+    "sourceless",
+)
+_UNCACHED = frozenset({"missing", "stale", "unwritable", "unsafe"})
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -47,6 +54,9 @@ class BytecodeFile:
       source hash differ; another Python's magic number; truncated or unreadable);
     * ``"unwritable"``: no valid pyc *and* this user cannot write the cache directory, so every
       new process compiles the source and tries (and fails) to write the pyc again;
+    * ``"unsafe"``: the cache directory leaves the tree through a symlink (a symlinked
+      ``__pycache__`` or source directory resolving outside it): the pyc found there is not
+      vouched for, and `compile_bytecode()` refuses to write there;
     * ``"sourceless"``: only a pyc exists (loaded without a source, nothing to check).
     """
 
@@ -136,12 +146,12 @@ class BytecodeReport:
 
     @property
     def ok(self) -> bool:
-        """True when no file is missing, stale or unwritable."""
+        """True when no file is missing, stale, unwritable or unsafe."""
         return not any(self.counts.get(s, 0) for s in _UNCACHED)
 
     @property
     def uncached(self) -> tuple[BytecodeFile, ...]:
-        """The files every new process must compile (missing, stale, unwritable)."""
+        """The files every new process must compile (missing, stale, unwritable, unsafe)."""
         return tuple(BytecodeFile(*r) for r in self._rows if r[2] in _UNCACHED)
 
     @property
@@ -176,6 +186,11 @@ class BytecodeReport:
             lines.append(
                 f"{self.counts['unwritable']} of them sit where this user (uid {euid()}) "
                 "cannot write the cache; the importer retries the write at every start"
+            )
+        if self.counts.get("unsafe"):
+            lines.append(
+                f"{self.counts['unsafe']} of them have a cache directory that leaves the tree "
+                "through a symlink: --fix refuses to write there (see their reason)"
             )
         if self.dont_write_bytecode:
             lines.append("sys.dont_write_bytecode is set: this interpreter never writes pycs")

@@ -21,6 +21,8 @@ import sys
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from forkmem._pycbuild import file_kind, read_source
+
 if TYPE_CHECKING:
     from collections.abc import Iterable, Iterator
 
@@ -35,7 +37,9 @@ _FLAG_HASH = 0b01
 _FLAG_CHECK_SOURCE = 0b10
 _HEADER = struct.Struct("<4sIII")
 TIMESTAMP = struct.Struct("<II")
-O_FLAGS = os.O_RDONLY | getattr(os, "O_CLOEXEC", 0)
+# A pyc header is read without following a symlink at the name and without blocking (a FIFO
+# named like a pyc opens at once and reads as empty: a truncated, stale pyc).
+O_FLAGS = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
 
 # Magic numbers are assigned in blocks per minor version (Lib/importlib/_bootstrap_external.py);
 # only used to say which Python wrote a foreign pyc.
@@ -151,8 +155,7 @@ def validate(
         if check_mode == "never" or (check_mode != "always" and not checked):
             return True, f"{mode} pyc, not compared with the source by this interpreter", mode
         try:
-            with open(source, "rb") as f:
-                data = f.read()
+            data = read_source(source)[0]
         except OSError as exc:
             return False, f"cannot read the source to check its hash: {exc.strerror}", mode
         if importlib.util.source_hash(data) != header[8:16]:
@@ -200,12 +203,13 @@ Group = tuple[str, list[Source], list["Found"]]
 """(directory, sources, other findings) for one directory."""
 
 
-def walk_tree(root: str) -> Iterator[Group]:
+def walk_tree(root: str, linked: set[str] | None = None) -> Iterator[Group]:
     """Yield (directory, sources, other findings) for every directory under ``root``.
 
     Follows symlinked directories like the importer would, remembers each directory's
     (device, inode) so a link back to an ancestor is reported once as a loop and an alias of
     a directory already seen is not checked twice. Never raises for unreadable entries.
+    Directories entered through a symlink are added to ``linked``.
     """
     try:
         st = os.stat(root)
@@ -226,6 +230,8 @@ def walk_tree(root: str) -> Iterator[Group]:
             path, ident, ancestors = deferred.pop()
             if ident not in seen:
                 seen.add(ident)
+                if linked is not None:
+                    linked.add(path)
                 stack.append((path, ident[0], ancestors | {ident}))
             continue
         directory, dev, ancestors = stack.pop()
@@ -272,10 +278,15 @@ def walk_tree(root: str) -> Iterator[Group]:
                         seen.add(ident)
                         stack.append((entry.path, dev, ancestors | {ident}))
                     continue
-                if entry.is_symlink() and not entry.is_dir():
+                if entry.is_symlink():
                     broken = _entry_problem(entry)
                     if broken == "symlink loop" or (broken and _is_source(name)):
                         found.append(Found("problem", entry.path, reason=broken))
+                        continue
+                if name.endswith(is_source):
+                    # A FIFO, device or socket named like a source: never opened.
+                    kind = file_kind(entry.stat().st_mode)
+                    found.append(Found("problem", entry.path, reason=f"{kind}: skipped"))
             except OSError as exc:
                 why = "symlink loop" if exc.errno == errno.ELOOP else f"cannot stat: {exc.strerror}"
                 found.append(Found("problem", entry.path, reason=why))
@@ -293,11 +304,11 @@ def walk_tree(root: str) -> Iterator[Group]:
         yield directory, sources, found
 
 
-def iter_paths(paths: Iterable[str]) -> Iterator[Group]:
+def iter_paths(paths: Iterable[str], linked: set[str] | None = None) -> Iterator[Group]:
     """Like walk_tree over several roots; files given directly are judged on their own."""
     for path in paths:
         if os.path.isdir(path):
-            yield from walk_tree(path)
+            yield from walk_tree(path, linked)
             continue
         directory = os.path.dirname(path) or "."
         name = os.path.basename(path)
@@ -309,6 +320,9 @@ def iter_paths(paths: Iterable[str]) -> Iterator[Group]:
         if name.endswith(ZIP_SUFFIXES):
             reason = "zip archive: the importer never writes bytecode for zipped modules"
             yield directory, [], [Found("skipped", path, reason=reason)]
+        elif _is_source(name) and not stat.S_ISREG(st.st_mode):
+            reason = f"{file_kind(st.st_mode)}: skipped"
+            yield directory, [], [Found("problem", path, reason=reason)]
         elif _is_source(name):
             yield directory, [(path, st.st_size, st.st_mtime, None)], []
         elif name.endswith(BYTECODE_SUFFIX):

@@ -1,8 +1,9 @@
-"""Writing pycs for `forkmem.compile_bytecode()`: in process, or in fresh interpreters.
+"""Writing pycs for `forkmem.compile_bytecode()`: built in process or in fresh interpreters.
 
-py_compile writes atomically (temporary file + ``os.replace``) and creates the cache
-directory, so a reader never sees half a pyc. Workers are ``sys.executable -I`` subprocesses
-fed a JSON job list on stdin: no fork, so nothing in this process (locks, threads) matters.
+The bytes are built by `forkmem._pycbuild` (here, or in ``sys.executable -I`` worker
+subprocesses fed a JSON job list: no fork, so nothing in this process matters) and always
+written here, by `forkmem._confine`: atomically (temporary file + ``os.replace``), and only
+inside the tree being fixed, never through a symlink that leaves it.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from forkmem import _confine, _pycbuild
 from forkmem._bytecode_types import CompileFailure, CompileResult
 
 if TYPE_CHECKING:
@@ -18,12 +20,7 @@ if TYPE_CHECKING:
 
 __all__: list[str] = []
 
-MODES = ("timestamp", "checked-hash", "unchecked-hash")
-_ENUM = {
-    "timestamp": "TIMESTAMP",
-    "checked-hash": "CHECKED_HASH",
-    "unchecked-hash": "UNCHECKED_HASH",
-}
+MODES = _pycbuild.MODES
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,51 +29,13 @@ class Job:
     cache: str
     optimization: int
     mode: str | None
+    root: str
+    """The resolved tree the pyc must land in."""
 
 
 def default_mode() -> str:
     # Same rule as py_compile: reproducible builds (SOURCE_DATE_EPOCH) get checked-hash pycs.
     return "checked-hash" if os.environ.get("SOURCE_DATE_EPOCH") else "timestamp"
-
-
-# Runs in a fresh interpreter; only the standard library, never the files it compiles.
-_WORKER = r"""
-import json, sys, warnings, py_compile
-warnings.simplefilter("ignore")
-out = []
-for src, cfile, opt, mode in json.load(sys.stdin):
-    try:
-        py_compile.compile(src, cfile=cfile, doraise=True, optimize=opt,
-                           invalidation_mode=py_compile.PycInvalidationMode[mode])
-        out.append([src, cfile, None, False])
-    except py_compile.PyCompileError as exc:
-        out.append([src, cfile, exc.msg, True])
-    except (OSError, ValueError) as exc:
-        out.append([src, cfile, str(exc), False])
-json.dump(out, sys.stdout)
-"""
-
-
-def _compile_one(job: list[Any]) -> list[Any]:
-    import py_compile
-    import warnings
-
-    src, cfile, opt, mode = job
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # SyntaxWarnings belong to the package's authors
-            py_compile.compile(
-                src,
-                cfile=cfile,
-                doraise=True,
-                optimize=opt,
-                invalidation_mode=py_compile.PycInvalidationMode[mode],
-            )
-    except py_compile.PyCompileError as exc:
-        return [src, cfile, exc.msg, True]
-    except (OSError, ValueError) as exc:
-        return [src, cfile, str(exc), False]
-    return [src, cfile, None, False]
 
 
 # Bounds a wedged worker (a source on a hung network file system, say); compiling a whole
@@ -86,15 +45,15 @@ _WORKER_TIMEOUT = 600.0
 
 def _run_worker(chunk: list[list[Any]]) -> list[list[Any]]:
     import json
+    import marshal
     import subprocess
     import sys
 
     try:
         proc = subprocess.run(
-            [sys.executable, "-I", "-c", _WORKER],
-            input=json.dumps(chunk),
+            [sys.executable, "-I", _pycbuild.__file__],
+            input=json.dumps(chunk).encode(),
             capture_output=True,
-            text=True,
             check=False,
             timeout=_WORKER_TIMEOUT,
         )
@@ -104,30 +63,50 @@ def _run_worker(chunk: list[list[Any]]) -> list[list[Any]]:
         error = f"the compile worker took longer than {_WORKER_TIMEOUT:.0f} s"
     else:
         if proc.returncode == 0:
-            result: list[list[Any]] = json.loads(proc.stdout)
+            result: list[list[Any]] = marshal.loads(proc.stdout)
             return result
-        err = (proc.stderr.strip().splitlines() or ["worker failed"])[-1]
+        err = (proc.stderr.decode(errors="replace").strip().splitlines() or ["worker failed"])[-1]
         error = f"compile worker exited {proc.returncode}: {err}"
-    return [[src, cfile, error, False] for src, cfile, *_ in chunk]
+    return [[src, None, error, False, 0] for src, *_ in chunk]
+
+
+def _write(job: Job, row: list[Any]) -> CompileFailure | None:
+    _src, data, error, syntax, st_mode = row
+    if data is None:
+        return CompileFailure(job.source, job.cache, error, bool(syntax))
+    try:
+        # The importer's rule for a pyc's permissions: the source's, plus owner-write.
+        _confine.write(job.root, job.cache, data, st_mode | 0o200)
+    except OSError as exc:
+        return CompileFailure(job.source, job.cache, exc.strerror or str(exc), False)
+    return None
 
 
 def run(jobs: Sequence[Job], *, workers: int) -> CompileResult:
     default = default_mode()
-    raw = [[j.source, j.cache, j.optimization, _ENUM[j.mode or default]] for j in jobs]
+    raw: list[list[Any]] = [[j.source, j.optimization, j.mode or default] for j in jobs]
     if workers == 0 or len(raw) <= 1:
-        rows = [_compile_one(job) for job in raw]
+        rows: list[list[Any]] = [
+            _pycbuild.build_row(j.source, j.optimization, j.mode or default) for j in jobs
+        ]
     else:
         from concurrent.futures import ThreadPoolExecutor
 
         n = min(workers, len(raw))
-        chunks = [raw[i::n] for i in range(n)]
+        order = [list(range(i, len(raw), n)) for i in range(n)]
         # Threads only wait on the subprocesses; the compiling happens in them.
         with ThreadPoolExecutor(max_workers=n) as pool:
-            rows = [row for part in pool.map(_run_worker, chunks) for row in part]
-    written = tuple(cfile for _src, cfile, err, _syn in rows if err is None)
-    failed = tuple(
-        CompileFailure(src, cfile, err, bool(syn))
-        for src, cfile, err, syn in rows
-        if err is not None
-    )
-    return CompileResult(written=written, failed=failed)
+            parts = list(pool.map(_run_worker, [[raw[k] for k in ks] for ks in order]))
+        rows = [[] for _ in raw]
+        for ks, part in zip(order, parts, strict=True):
+            for k, row in zip(ks, part, strict=True):
+                rows[k] = row
+    written: list[str] = []
+    failed: list[CompileFailure] = []
+    for job, row in zip(jobs, rows, strict=True):
+        failure = _write(job, row)
+        if failure is None:
+            written.append(job.cache)
+        else:
+            failed.append(failure)
+    return CompileResult(written=tuple(written), failed=tuple(failed))

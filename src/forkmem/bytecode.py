@@ -11,11 +11,12 @@ finds those files without importing or executing anything,
 from __future__ import annotations
 
 import os
+import stat
 import sys
 from types import ModuleType
 from typing import TYPE_CHECKING, Literal
 
-from forkmem import _pyc
+from forkmem import _confine, _pyc
 from forkmem._bytecode_types import (
     STATUSES,
     BytecodeFile,
@@ -63,6 +64,9 @@ def _fspath(p: object, what: str) -> str:
     return path
 
 
+_CHECKABLE = (*_pyc.SOURCE_SUFFIXES, _pyc.BYTECODE_SUFFIX, *_pyc.ZIP_SUFFIXES)
+
+
 def normalize_paths(paths: PathLike | Iterable[PathLike]) -> list[str]:
     if isinstance(paths, (str, bytes, os.PathLike)):
         items: list[object] = [paths]
@@ -80,6 +84,9 @@ def normalize_paths(paths: PathLike | Iterable[PathLike]) -> list[str]:
             raise InvalidArgument("an empty string is not a path")
         if not os.path.lexists(path):
             raise InvalidArgument(f"no such file or directory: {path!r}")
+        if not os.path.isdir(path) and not path.endswith(_CHECKABLE):
+            # Checking it would check nothing, and "every source is fine" would be a lie.
+            raise InvalidArgument(f"not a directory nor a Python source, pyc or zip file: {path!r}")
         out.append(os.path.abspath(path))
     if not out:
         raise InvalidArgument("paths is empty: give at least one file or directory")
@@ -155,7 +162,9 @@ def check_bytecode(
     if paths is not None:
         roots = normalize_paths(paths)
         scope = "paths"
-        judge.groups(_pyc.iter_paths(roots), listdir=True)
+        for root in roots:
+            judge.root = tree_root(root)
+            judge.groups(_pyc.iter_paths([root], linked=judge.linked), listdir=True)
     else:
         roots = []
         scope = "modules"
@@ -191,6 +200,30 @@ class _Judge:
         self.rows: list[Row] = []
         self.skipped: list[SkippedModule] = []
         self.problems: list[BytecodeProblem] = []
+        # The resolved tree being checked (None for loaded modules: each one's directory), and
+        # the directories the walk entered through a symlink.
+        self.root: str | None = None
+        self.linked: set[str] = set()
+
+    def confined(self, directory: str, cdir: str) -> str | None:
+        """Why `compile_bytecode()` may not write in ``cdir`` (see `forkmem._confine`), or None.
+
+        The full resolve-and-compare runs only where a symlink can be on the way: a symlinked
+        ``__pycache__`` (one lstat per directory) or a directory the walk entered by a link.
+        """
+        prefix = sys.pycache_prefix
+        if prefix is not None:
+            return _confine.escape(cdir, os.path.realpath(prefix))
+        try:
+            link = stat.S_ISLNK(os.lstat(cdir).st_mode)
+        except OSError:
+            link = False
+        sep = os.sep
+        via = any(directory == d or directory.startswith(d + sep) for d in self.linked)
+        if not (link or via):
+            return None
+        root = self.root if self.root is not None else os.path.realpath(directory)
+        return _confine.escape(cdir, root)
 
     def sources(self, directory: str, sources: list[_pyc.Source], *, listdir: bool) -> None:
         """Judge the sources of one directory: one stat each (done) plus one 16-byte read."""
@@ -198,6 +231,14 @@ class _Judge:
             return
         dirs = self.dirs
         cdir = dirs.cache_dir(directory or os.curdir)
+        unsafe = self.confined(directory or os.curdir, cdir)
+        if unsafe is not None:
+            tail = f"{self.tag}{self.opt}{_pyc.BYTECODE_SUFFIX}"
+            for path, size, _mtime, module in sources:
+                stem, dot, rest = path.rpartition(os.sep)[2].rpartition(".")
+                cache = f"{cdir}{os.sep}{stem or rest}{dot}{tail}"
+                self.rows.append((path, cache, "unsafe", unsafe, size, module, None))
+            return
         # After the first missing pyc of a directory, one listdir of its cache directory
         # spares an open() per further missing pyc (a tree whose pycs were deleted); a fully
         # compiled directory never pays for the listdir.
@@ -314,11 +355,33 @@ def compile_bytecode(
     else:
         report = check_bytecode(paths=report_or_paths)
     jobs = [
-        _pycompile.Job(f.source, f.cache, report.optimization, invalidation_mode or f.invalidation)
+        _pycompile.Job(
+            f.source,
+            f.cache,
+            report.optimization,
+            invalidation_mode or f.invalidation,
+            _write_root(report, f.source),
+        )
         for f in report.uncached
         if f.source is not None and f.cache is not None
     ]
     return _pycompile.run(jobs, workers=workers)
+
+
+def tree_root(path: str) -> str:
+    """The resolved tree a path given to the check stands for (a file: its directory)."""
+    return os.path.realpath(path if os.path.isdir(path) else os.path.dirname(path) or os.curdir)
+
+
+def _write_root(report: BytecodeReport, source: str) -> str:
+    """The resolved tree `compile_bytecode()` may write ``source``'s pyc in, and nowhere else."""
+    if report.pycache_prefix is not None:
+        return os.path.realpath(report.pycache_prefix)
+    if report.scope == "paths":
+        for root in sorted(report.paths, key=len, reverse=True):
+            if source == root or source.startswith(root.rstrip(os.sep) + os.sep):
+                return tree_root(root)
+    return os.path.realpath(os.path.dirname(source))
 
 
 def warn_if_missing_bytecode(

@@ -127,4 +127,5 @@ def _print_human(report: Any, before: Any, fix: Any, cost: Any, args: argparse.N
         import shlex
 
         targets = " ".join(shlex.quote(p) for p in report.paths)
-        w(f"fix: forkmem bytecode --fix {targets}   (or: python -m compileall -q {targets})\n")
+        # Not compileall: it writes through a symlinked __pycache__ out of the tree.
+        w(f"fix: forkmem bytecode --fix {targets}\n")
