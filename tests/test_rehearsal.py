@@ -164,3 +164,33 @@ def test_disabled_gunicorn_hooks_do_nothing() -> None:
         return {"frozen": gc.get_freeze_count() - before, "slot": hasattr(worker, "_forkmem_slot")}
 
     assert run_forked(child) == {"frozen": 0, "slot": False}
+
+
+def test_disabled_pools_are_the_stdlib_ones() -> None:
+    from concurrent.futures import ProcessPoolExecutor
+
+    from forkmem.pool import fork_pool, process_pool_executor
+
+    def child() -> dict[str, Any]:
+        os.environ["FORKMEM_DISABLE"] = "1"
+        before = gc.get_freeze_count()
+        with fork_pool(1, context="fork") as pool:
+            pool_type = type(pool).__module__ + "." + type(pool).__qualname__
+            answer = pool.apply(os.getpid) != os.getpid()
+        executor = process_pool_executor(1, context="fork")
+        with executor:
+            executor_type = type(executor) is ProcessPoolExecutor
+        return {
+            "pool": pool_type,
+            "answer": answer,
+            "executor": executor_type,
+            "frozen": gc.get_freeze_count() - before,
+        }
+
+    result = run_forked(child, timeout=60)
+    assert result == {
+        "pool": "multiprocessing.pool.Pool",
+        "answer": True,
+        "executor": True,
+        "frozen": 0,
+    }

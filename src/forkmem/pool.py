@@ -28,6 +28,7 @@ import warnings
 from concurrent.futures import ProcessPoolExecutor
 from typing import TYPE_CHECKING, Any
 
+from forkmem._disable import disabled
 from forkmem._pool import SupervisedPool
 from forkmem._pool_recycle import count_recycle, recycling_setup
 from forkmem._validate import check_bool
@@ -257,7 +258,8 @@ def fork_pool(
     Under ``"forkserver"`` the freeze runs inside the fork server after its own preloads (put
     the modules your workers share in `multiprocessing.set_forkserver_preload()` *before*
     calling this). Under ``"spawn"`` nothing can be shared: a
-    [`ForkmemWarning`][forkmem.ForkmemWarning] is issued and an ordinary pool returned.
+    [`ForkmemWarning`][forkmem.ForkmemWarning] is issued and an ordinary pool returned. With
+    ``FORKMEM_DISABLE=1`` in the environment it returns the stdlib pool itself, for A/B runs.
     """
     _check_count("processes", processes)
     _check_count("maxtasksperchild", maxtasksperchild)
@@ -270,6 +272,8 @@ def fork_pool(
         where="fork_pool()",
     )
     ctx = _resolve_context(context)
+    if disabled("pool"):  # FORKMEM_DISABLE=1: the stdlib pool, for A/B comparisons
+        return ctx.Pool(processes, initializer, tuple(initargs), maxtasksperchild)
     # With a policy, one sampler per worker serves both the policy and sample_memory's log.
     init, args = _wrapped_initializer(sample_memory and policy is None, initializer, initargs)
     options: dict[str, Any] = {}
@@ -319,7 +323,7 @@ def process_pool_executor(
     ``submit()``, from whatever heap the parent has by then). Under ``"forkserver"`` the fork server
     freezes its heap after its preloads and workers start on demand, as usual.
     ``max_tasks_per_child`` needs Python 3.11+ and a start method other than ``"fork"`` (a stdlib
-    rule).
+    rule). ``FORKMEM_DISABLE=1`` returns the stdlib executor itself.
     """
     _check_count("max_workers", max_workers)
     _check_count("max_tasks_per_child", max_tasks_per_child)
@@ -331,6 +335,8 @@ def process_pool_executor(
         extra["max_tasks_per_child"] = max_tasks_per_child
     method = _start_method(ctx)
     try:
+        if disabled("pool"):  # FORKMEM_DISABLE=1: the stdlib executor, for A/B comparisons
+            return ProcessPoolExecutor(max_workers, ctx, initializer, tuple(initargs), **extra)
         if method == "spawn":
             _warn_spawn("process_pool_executor()")
             return ProcessPoolExecutor(max_workers, ctx, init, args, **extra)
