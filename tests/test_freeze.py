@@ -14,7 +14,7 @@ from _forking import run_forked_many
 from forkmem import freeze
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterator
+    from collections.abc import AsyncIterator, Callable, Iterator
 
 pytestmark = pytest.mark.linux_only
 
@@ -182,6 +182,20 @@ def test_decorator_rejects_async_functions() -> None:
 
     with pytest.raises(forkmem.InvalidArgument):
         forkmem.frozen()(coro)
+
+
+def test_decorator_rejects_generator_functions_whose_body_it_would_miss() -> None:
+    # Regression: accepted, but the block closed when the call returned the generator, before
+    # the body ran: nothing the body built was frozen.
+    def gen() -> Iterator[int]:
+        yield 1
+
+    async def agen() -> AsyncIterator[int]:
+        yield 1
+
+    for fn in (gen, agen):
+        with pytest.raises(forkmem.InvalidArgument, match="body runs after the call returns"):
+            forkmem.frozen()(fn)
 
 
 def test_decorator_rejects_what_is_not_callable() -> None:

@@ -156,16 +156,26 @@ def test_unknown():
 @pytest.mark.limit_cow(timeout=-1)
 def test_negative_timeout():
     pass
+
+@pytest.mark.limit_cow(None)
+def test_none_limit():
+    pass
+
+@pytest.mark.limit_cow(limit=None)
+def test_none_limit_keyword():
+    pass
 """,
         subprocess=False,
     )
-    result.assert_outcomes(failed=4)
+    result.assert_outcomes(failed=6)
     result.stdout.fnmatch_lines(
         [
             "*did not finish within 0.5 s; it was killed*",
             "*bad limit_cow marker*not both*",
             "*unknown arguments: lots*",
             "*bad limit_cow marker*timeout must be a positive*",
+            "*limit_cow(None) sets no limit*",
+            "*limit_cow(None) sets no limit*",
         ]
     )
 

@@ -105,8 +105,10 @@ class frozen:
     call ``forkmem.freeze_heap()``.
 
     Re-entrant: an inner block freezes again (catching objects made since) but never unfreezes;
-    only the outermost block's ``unfreeze`` counts. As a decorator it wraps synchronous functions
-    only (an ``async def`` would return before its body runs) and opens a fresh block per call.
+    only the outermost block's ``unfreeze`` counts. As a decorator it wraps ordinary functions
+    only and opens a fresh block per call: decorating a generator function, an ``async def`` or
+    an async generator raises [`InvalidArgument`][forkmem.InvalidArgument] (calling one returns
+    before its body runs, so the block would freeze nothing of it).
     """
 
     __slots__ = ("_tokens", "collect", "immortalize", "unfreeze", "warmup")
@@ -196,8 +198,17 @@ class frozen:
     def __call__(self, func: Callable[P, R]) -> Callable[P, R]:
         if not callable(func):
             raise InvalidArgument(f"frozen() decorates functions; got {func!r}")
-        if inspect.iscoroutinefunction(func) or inspect.isasyncgenfunction(func):
-            raise InvalidArgument(f"frozen() decorates synchronous functions only, not {func!r}")
+        if (
+            inspect.iscoroutinefunction(func)
+            or inspect.isasyncgenfunction(func)
+            or inspect.isgeneratorfunction(func)
+        ):
+            # Calling one only creates the generator or coroutine: the block would close before
+            # the body ever ran, a silent no-op.
+            raise InvalidArgument(
+                f"frozen() decorates ordinary functions only, not {func!r}: its body runs after "
+                "the call returns; open `with forkmem.frozen():` inside it instead"
+            )
         options = {
             "collect": self.collect,
             "unfreeze": self.unfreeze,

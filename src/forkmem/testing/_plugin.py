@@ -74,7 +74,14 @@ def _limit_of(marker: pytest.Mark) -> tuple[CopyLimit, float]:
     args, kwargs = list(marker.args), dict(marker.kwargs)
     if len(args) > 1:
         raise InvalidArgument("limit_cow takes one positional limit, e.g. limit_cow('5 MiB')")
+    given = "limit" in kwargs or bool(args)
     limit = args[0] if args else kwargs.pop("limit", None)
+    if given and limit is None:
+        # An explicit None used to mean the default silently; leaving the limit out says that.
+        raise InvalidArgument(
+            "limit_cow(None) sets no limit: give a size (limit_cow('5 MiB')), a fraction "
+            "(limit_cow(fraction=0.1)), or nothing for the default"
+        )
     fraction = kwargs.pop("fraction", None)
     timeout = kwargs.pop("timeout", _DEFAULT_TIMEOUT)
     if kwargs:
