@@ -35,7 +35,9 @@ DATA = Path(
 for sub in ("queue", "processed", "results", "control"):
     (DATA / sub).mkdir(parents=True, exist_ok=True)
 
-app = Celery("celery_app", broker="filesystem://", backend=f"file://{DATA / 'results'}")
+# FORKMEM_CELERY_BROKER (e.g. redis://127.0.0.1:6379/0) replaces the filesystem transport.
+BROKER = os.environ.get("FORKMEM_CELERY_BROKER") or "filesystem://"
+app = Celery("celery_app", broker=BROKER, backend=f"file://{DATA / 'results'}")
 app.conf.update(
     broker_transport_options={
         "data_folder_in": str(DATA / "queue"),

@@ -31,10 +31,10 @@ CONCURRENCY = 2
 MiB = 2**20
 
 
-def _client(data: Path) -> Any:
+def _client(data: Path, broker: str = "filesystem://") -> Any:
     """A light client app on the same broker (it does not import the example's heap)."""
     (data / "control").mkdir(parents=True, exist_ok=True)
-    app = celery.Celery("client", broker="filesystem://", backend=f"file://{data / 'results'}")
+    app = celery.Celery("client", broker=broker, backend=f"file://{data / 'results'}")
     app.conf.update(
         broker_transport_options={
             "data_folder_in": str(data / "queue"),

@@ -8,12 +8,16 @@ recorded by the child that ran it; the test checks each task ran exactly once an
 from __future__ import annotations
 
 import re
+import shutil
+import socket
+import subprocess
 import time
 from typing import TYPE_CHECKING
 
 import pytest
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
     from pathlib import Path
 
 celery = pytest.importorskip("celery")
@@ -29,13 +33,62 @@ _RECYCLED = re.compile(
 )
 
 
-def test_leaking_children_are_recycled_after_their_task(tmp_path: Path) -> None:
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+def redis_url(tmp_path: Path) -> Iterator[str]:
+    """A real redis-server on 127.0.0.1 (Debian's), no persistence, gone after the test."""
+    server = shutil.which("redis-server")
+    if server is None:
+        pytest.skip("needs redis-server (Debian package redis-server)")
+    pytest.importorskip("redis")
+    port = _free_port()
+    proc = subprocess.Popen(
+        [server, "--bind", "127.0.0.1", "--port", str(port), "--save", "", "--appendonly", "no",
+         "--dir", str(tmp_path)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise AssertionError("redis-server did not start") from None
+                time.sleep(0.1)
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+
+
+# The filesystem transport runs billiard's blocking pool; Redis runs Celery's event-loop pool
+# (AsynPool), the one production workers use.
+@pytest.mark.parametrize("broker", ["filesystem", "redis"])
+def test_leaking_children_are_recycled_after_their_task(
+    tmp_path: Path, broker: str, request: pytest.FixtureRequest
+) -> None:
     data, runs, log = tmp_path / "broker", tmp_path / "runs", tmp_path / "worker.log"
     pids_dir = tmp_path / "pids"
     runs.mkdir()
     pids_dir.mkdir()
-    client = _client(data)
     extra = {"FORKMEM_EXAMPLE_RUNS_DIR": str(runs), "FORKMEM_MAX_PRIVATE_MEMORY": "64 MiB"}
+    if broker == "redis":
+        url = request.getfixturevalue("redis_url")
+        extra["FORKMEM_CELERY_BROKER"] = url
+        client = _client(data, url)
+    else:
+        client = _client(data)
     with _worker(data, pids_dir, log, **extra):
         pending = [client.send_task("celery_app.leak", args=(i,)) for i in range(TASKS)]
         results = [r.get(timeout=120, interval=0.05) for r in pending]
