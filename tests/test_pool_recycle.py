@@ -99,16 +99,18 @@ def test_hard_limit_ends_the_worker_and_fails_its_task() -> None:
     before = recycle_stats().hard
     with fork_pool(1, context="fork", max_private_memory_hard=limit) as pool:
         outcomes = []
-        for i in range(400):
+        for i in range(2000):
             try:
                 outcomes.append(pool.apply(_leaky, (i,)))
             except WorkerLost as exc:
                 outcomes.append(exc)
                 break
         assert isinstance(outcomes[-1], WorkerLost), len(outcomes)
-        assert "hard" in str(outcomes[-1]) or "uss" in str(outcomes[-1])
+        assert "ended by forkmem" in str(outcomes[-1]), outcomes[-1]
         assert pool.apply(abs, (-2,)) == 2  # replaced
-    assert recycle_stats().hard == before + 1
+    # At least this one; more when the sampler caught a worker between two tasks (idle: it is
+    # ended too, and no task is lost).
+    assert recycle_stats().hard >= before + 1
 
 
 @pytest.mark.parametrize(
