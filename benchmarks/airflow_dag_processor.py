@@ -9,7 +9,7 @@ each variant for ``--seconds`` with ``parsing_processes=2``:
   child measuring itself as it exits (the baseline for the parse-child figures).
 - ``freeze``: ``--forkmem-plain``: full collection, then freeze.
 - ``warmup``: ``forkmem.warmup()`` (str hashes, malloc_trim, freeze).
-- ``immortalize``: ``forkmem.warmup(immortalize=True)`` (CPython 3.12/3.13 only).
+- ``immortalize``: ``forkmem.warmup(immortalize=True)`` (CPython 3.12+).
 - ``rehearse``: immortalize, plus the parse rehearsal.
 - ``default``: the entrypoint with no flags: the best mode this runtime supports (immortalize
   where it can, rehearsal, fork server).
@@ -39,6 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import forkmem
+from forkmem._immortal import unsupported_reason
 
 MiB = 1024 * 1024
 
@@ -223,7 +224,7 @@ def main() -> int:
         help="each DAG file sleeps this long at import, like a slow-to-parse file (0)",
     )
     default = ["stock", "off", "freeze", "warmup"]
-    if sys.version_info[:2] in ((3, 12), (3, 13)):
+    if unsupported_reason() is None:  # the immortalization probe passes (CPython 3.12+)
         default += ["immortalize", "rehearse"]
     default.append("default")
     parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=default)

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from forkmem import InvalidArgument, UnsupportedRuntime
+from forkmem._immortal import unsupported_reason
 from forkmem.integrations import airflow as fa
 from forkmem.integrations.airflow import cli as fa_cli
 from forkmem.integrations.airflow import session as fa_session
@@ -98,10 +99,8 @@ def test_options_from_env_names_the_bad_variable() -> None:
 
 
 def test_immortalize_refused_before_airflow_starts_where_unsupported() -> None:
-    from forkmem._immortal import unsupported_reason
-
     opts = fa.AirflowOptions(warmup=True, immortalize=True)
-    if unsupported_reason() is None:  # CPython 3.12/3.13
+    if unsupported_reason() is None:  # CPython 3.12+ (the runtime probe passes)
         fa_cli.check_immortalize(opts)
     else:
         with pytest.raises(UnsupportedRuntime, match="--forkmem-immortalize"):
@@ -153,7 +152,7 @@ def test_flags_and_variables_win_over_the_best_mode(
     flags: dict[str, Any], environ: dict[str, str], plain: bool, expected: tuple[str, bool, bool]
 ) -> None:
     if fa_cli.unsupported_reason() is not None or not sys.platform.startswith("linux"):
-        pytest.skip("the expected modes assume CPython 3.12/3.13 on Linux")
+        pytest.skip("the expected modes assume immortalization (CPython 3.12+) on Linux")
     opts, skipped = fa_cli.best_options({**NO_FLAGS, **flags}, plain=plain, environ=environ)
     assert (opts.mode, opts.rehearse, opts.fork_server) == expected
     assert skipped == ()
@@ -520,13 +519,13 @@ _IMMORTALIZING_MARKS = (
     pytest.mark.linux_only,
     pytest.mark.timeout(400),
     pytest.mark.skipif(
-        sys.version_info[:2] not in ((3, 12), (3, 13)), reason="immortalization: CPython 3.12/3.13"
+        unsupported_reason() is not None, reason=f"immortalization: {unsupported_reason()}"
     ),
 )
 
 
 def _immortalizing_airflow_test(fn: Callable[..., None]) -> Callable[..., None]:
-    """A real dag-processor run with --forkmem-immortalize (CPython 3.12/3.13 only)."""
+    """A real dag-processor run with --forkmem-immortalize (where the runtime probe passes)."""
     for mark in _IMMORTALIZING_MARKS:
         fn = mark(fn)
     return fn

@@ -6,7 +6,7 @@ supervisor). Whatever the manager built before the loop is shared with those chi
 something writes to it: the collector's GC headers, reference counts, lazily computed str hashes.
 Airflow 3.3 already ends ``DagFileProcessorManager.before_run()`` with a bare ``gc.freeze()``;
 this module replaces it with a full collection and a freeze (so no garbage is frozen forever),
-or with [`forkmem.warmup()`][forkmem.warm.warmup] (``immortalize=True`` on CPython 3.12/3.13), warns
+or with [`forkmem.warmup()`][forkmem.warm.warmup] (``immortalize=True`` on CPython 3.12+), warns
 once about missing bytecode, and logs each parse child's private memory when it exits. On request it
 also parses a built-in DAG first (``--forkmem-rehearse``) and forks the children from a quiet copy
 of the manager (``--forkmem-fork-server``).

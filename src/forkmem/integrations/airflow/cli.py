@@ -37,7 +37,7 @@ _SWITCHES = (
         "--forkmem-immortalize",
         "forkmem_immortalize",
         True,
-        "warmup(immortalize=True): parent objects immortal (CPython 3.12/3.13)",
+        "warmup(immortalize=True): parent objects immortal (CPython 3.12+)",
     ),
     (
         "--forkmem-no-freeze",

@@ -45,7 +45,7 @@ class AirflowOptions:
     warmup: bool = False
     """Use `forkmem.warmup()` instead of collect-and-freeze (str hashes, ``malloc_trim``)."""
     immortalize: bool = False
-    """With ``warmup``: make the parent's objects immortal (CPython 3.12/3.13) so parse children
+    """With ``warmup``: make the parent's objects immortal (CPython 3.12+) so parse children
     never write their reference counts. Immortal objects are never freed."""
     check_bytecode: bool = True
     """Log one warning when imported modules have no usable ``.pyc``
