@@ -6,6 +6,7 @@ import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from forkmem._exporter import parse_listen
 from forkmem._validate import check_bool, check_warmup_for_immortalize
 from forkmem.errors import InvalidArgument
 
@@ -73,7 +74,14 @@ class AirflowOptions:
     is a child subreaper while it asks for one). If the copy cannot be made or stops answering,
     Airflow forks as usual."""
 
+    metrics: str | None = None
+    """``"127.0.0.1:9464"``: serve Prometheus metrics for the manager and its parse children
+    there (the ``metrics`` extra), from a ``forkmem export`` process the manager starts after
+    the set-up. ``None``: only if ``FORKMEM_METRICS`` names an address."""
+
     def __post_init__(self) -> None:
+        if self.metrics is not None:
+            parse_listen(self.metrics)
         for name in _BOOL_FIELDS:
             check_bool(f"AirflowOptions.{name}", getattr(self, name))
         if self.stats_file is not None and (
@@ -122,6 +130,9 @@ class AirflowOptions:
         stats = env.get(ENV_PREFIX + "STATS_FILE")
         if stats:
             values["stats_file"] = stats
+        metrics = env.get(ENV_PREFIX + "METRICS")
+        if metrics:
+            values["metrics"] = metrics
         preimport = env.get(ENV_PREFIX + "PREIMPORT")
         if preimport:
             values["preimport"] = split_modules(preimport)

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 from forkmem._units import format_bytes
 from forkmem.errors import ForkmemError, InvalidArgument
 from forkmem.hooks import at_fork
+from forkmem.integrations._common import start_metrics
 from forkmem.integrations.airflow.options import ParseChildMemory
 
 if TYPE_CHECKING:
@@ -325,6 +326,9 @@ class Session:
             # process still does.
             freeze = block(collect=True, warmup=opts.warmup, immortalize=opts.immortalize)
             self.report = stack.enter_context(freeze)
+        exporter = start_metrics(opts.metrics, "Airflow dag-processor")
+        if exporter is not None:
+            stack.callback(exporter.close)
         stack.callback(self._end_rounds)  # the first thing close() does
         seconds = time.perf_counter() - started
         self.server_wanted = opts.fork_server
