@@ -88,23 +88,30 @@ def build_tree(root: Path, copies: int) -> int:
     return len(report.files)
 
 
-def timed_runs(cmd: list[str], repeat: int) -> tuple[list[float], list[float]]:
-    """Wall seconds and CPU seconds (user + sys of the child) of each run, after one warm-up."""
+def timed_runs(
+    cmds: dict[str, list[str]], repeat: int
+) -> dict[str, tuple[list[float], list[float]]]:
+    """Wall and CPU seconds (user + sys of the child) of each run of each command.
+
+    The commands take turns (a, b, a, b, ...), so a burst of load on the shared machine hits
+    both alike; one warm-up round first (page cache).
+    """
     import resource
 
-    walls, cpus = [], []
+    runs: dict[str, tuple[list[float], list[float]]] = {k: ([], []) for k in cmds}
     for i in range(repeat + 1):
-        r0 = resource.getrusage(resource.RUSAGE_CHILDREN)
-        t0 = time.perf_counter()
-        proc = subprocess.run(cmd, capture_output=True, env=_env(), check=False)
-        wall = time.perf_counter() - t0
-        r1 = resource.getrusage(resource.RUSAGE_CHILDREN)
-        if proc.returncode != 0:
-            raise SystemExit(f"{cmd} exited {proc.returncode}: {proc.stderr.decode()[-500:]}")
-        if i:  # the first run only warms the page cache
-            walls.append(wall)
-            cpus.append(r1.ru_utime - r0.ru_utime + r1.ru_stime - r0.ru_stime)
-    return walls, cpus
+        for key, cmd in cmds.items():
+            r0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+            t0 = time.perf_counter()
+            proc = subprocess.run(cmd, capture_output=True, env=_env(), check=False)
+            wall = time.perf_counter() - t0
+            r1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+            if proc.returncode != 0:
+                raise SystemExit(f"{cmd} exited {proc.returncode}: {proc.stderr.decode()[-500:]}")
+            if i:
+                runs[key][0].append(wall)
+                runs[key][1].append(r1.ru_utime - r0.ru_utime + r1.ru_stime - r0.ru_stime)
+    return runs
 
 
 def timed_calls(fn: object, repeat: int) -> tuple[list[float], list[float]]:
@@ -194,14 +201,22 @@ def ms(values: list[float]) -> str:
 
 
 def ratio(base: list[float], ours: list[float]) -> str:
-    return f"{statistics.median(base) / statistics.median(ours):.1f}x"
+    return f"{statistics.median(base) / statistics.median(ours):.2f}x"
+
+
+def spread(values: list[float]) -> str:
+    """The middle half of the runs (first to third quartile), in ms."""
+    if len(values) < 2:
+        return ""
+    q1, _, q3 = statistics.quantiles(values)
+    return f"{q1 * 1000:.0f}-{q3 * 1000:.0f}"
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
     parser.add_argument("--copies", type=int, default=8, help="stdlib copies (default 8)")
     parser.add_argument("--modules", type=int, default=2000, help="generated modules (2000)")
-    parser.add_argument("--repeat", type=int, default=5, help="runs per measurement (5)")
+    parser.add_argument("--repeat", type=int, default=21, help="runs per measurement (21)")
     parser.add_argument("--cost-files", type=int, default=500, help="files for --cost (500)")
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
     args = parser.parse_args()
@@ -214,10 +229,18 @@ def main() -> int:
         from forkmem.bytecode import check_bytecode
 
         py = sys.executable
-        bare = timed_runs([py, "-c", "pass"], args.repeat)
-        cli_import = timed_runs([py, "-m", "forkmem", "bytecode", "--help"], args.repeat)
-        ca_cli = timed_runs([py, "-m", "compileall", "-q", str(tree)], args.repeat)
-        fm_cli = timed_runs([py, "-m", "forkmem", "bytecode", str(tree)], args.repeat)
+        runs = timed_runs(
+            {
+                "compileall": [py, "-m", "compileall", "-q", str(tree)],
+                "forkmem": [py, "-m", "forkmem", "bytecode", str(tree)],
+                "bare": [py, "-c", "pass"],
+                "help": [py, "-m", "forkmem", "bytecode", "--help"],
+            },
+            args.repeat,
+        )
+        ca_cli, fm_cli, bare, cli_import = (
+            runs[k] for k in ("compileall", "forkmem", "bare", "help")
+        )
         import compileall
 
         ca_lib = timed_calls(lambda: compileall.compile_dir(str(tree), quiet=1), args.repeat)
@@ -242,9 +265,9 @@ def main() -> int:
         return 0
     print(
         f"Python {figures['python']}: tree of {files} .py files, all compiled; "
-        f"median of {args.repeat} runs"
+        f"median of {args.repeat} runs (fresh processes: taking turns)"
     )
-    head = f"{'':44}{'compileall':>12}{'forkmem':>12}{'ratio':>8}"
+    head = f"{'':44}{'compileall':>12}{'forkmem':>12}{'ratio':>8}   middle half (ms)"
     print(head)
     rows = [
         ("fresh process, wall (compileall -q / CLI)", ca_cli[0], fm_cli[0]),
@@ -253,7 +276,10 @@ def main() -> int:
         ("in process, CPU", ca_lib[1], fm_lib[1]),
     ]
     for label, base, ours in rows:
-        print(f"{label:44}{ms(base):>12}{ms(ours):>12}{ratio(base, ours):>8}")
+        print(
+            f"{label:44}{ms(base):>12}{ms(ours):>12}{ratio(base, ours):>8}"
+            f"   {spread(base)} / {spread(ours)}"
+        )
     print(
         f"  fresh-process start-up alone: python -c pass CPU {ms(bare[1])}; "
         f"forkmem bytecode --help CPU {ms(cli_import[1])} (import forkmem + CLI parser)"

@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal, Union
+from typing import TYPE_CHECKING, Any, Literal
 
-from forkmem._units import format_bytes
+from forkmem._bytecode_rows import (
+    ROW_FIELDS,
+    STATUSES,
+    UNCACHED,
+    BytecodeStatus,
+    PathLike,
+    Row,
+    euid,
+    summary,
+)
 from forkmem.errors import InvalidArgument
 
 if TYPE_CHECKING:
@@ -25,21 +33,6 @@ __all__ = [
     "SkippedModule",
     "euid",
 ]
-
-BytecodeStatus = Literal["ok", "missing", "stale", "unwritable", "unsafe", "sourceless"]
-"""Status of one module file; see [`BytecodeFile`][forkmem.BytecodeFile]."""
-
-STATUSES: tuple[BytecodeStatus, ...] = (
-    "ok",
-    "missing",
-    "stale",
-    "unwritable",
-    "unsafe",
-    "sourceless",
-)
-_UNCACHED = frozenset({"missing", "stale", "unwritable", "unsafe"})
-
-PathLike = Union[str, "os.PathLike[str]"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,10 +70,6 @@ class BytecodeFile:
     invalidation: str | None = None
     """Invalidation mode of the existing pyc: ``"timestamp"``, ``"checked-hash"``,
     ``"unchecked-hash"``, or ``None`` when there is no readable pyc."""
-
-
-Row = tuple[str | None, str | None, BytecodeStatus, str, int, str | None, str | None]
-_ROW_FIELDS = ("source", "cache", "status", "reason", "size", "module", "invalidation")
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,17 +136,17 @@ class BytecodeReport:
     @property
     def ok(self) -> bool:
         """True when no file is missing, stale, unwritable or unsafe."""
-        return not any(self.counts.get(s, 0) for s in _UNCACHED)
+        return not any(self.counts.get(s, 0) for s in UNCACHED)
 
     @property
     def uncached(self) -> tuple[BytecodeFile, ...]:
         """The files every new process must compile (missing, stale, unwritable, unsafe)."""
-        return tuple(BytecodeFile(*r) for r in self._rows if r[2] in _UNCACHED)
+        return tuple(BytecodeFile(*r) for r in self._rows if r[2] in UNCACHED)
 
     @property
     def uncached_bytes(self) -> int:
         """Source bytes each new process compiles because their pyc is not usable."""
-        return sum(r[4] for r in self._rows if r[2] in _UNCACHED)
+        return sum(r[4] for r in self._rows if r[2] in UNCACHED)
 
     def by_status(self, status: BytecodeStatus) -> tuple[BytecodeFile, ...]:
         """The files with ``status``."""
@@ -167,40 +156,7 @@ class BytecodeReport:
 
     def summary(self) -> str:
         """A short human summary (a few lines)."""
-        what = "loaded modules" if self.scope == "modules" else ", ".join(self.paths)
-        n = len(self._rows)
-        parts = ", ".join(f"{self.counts[s]} {s}" for s in STATUSES if self.counts.get(s))
-        level = f"opt-{self.optimization} " if self.optimization else ""
-        lines = [
-            f"bytecode cache ({level}{self.cache_tag}) of {what}: {n} files: {parts or 'none'}"
-        ]
-        if self.ok:
-            lines.append("every source file has a valid pyc")
-        else:
-            bad = sum(self.counts[s] for s in _UNCACHED)
-            lines.append(
-                f"{bad} files ({format_bytes(self.uncached_bytes)} of source) are compiled "
-                "by every new process"
-            )
-        if self.counts.get("unwritable"):
-            lines.append(
-                f"{self.counts['unwritable']} of them sit where this user (uid {euid()}) "
-                "cannot write the cache; the importer retries the write at every start"
-            )
-        if self.counts.get("unsafe"):
-            lines.append(
-                f"{self.counts['unsafe']} of them have a cache directory that leaves the tree "
-                "through a symlink: --fix refuses to write there (see their reason)"
-            )
-        if self.dont_write_bytecode:
-            lines.append("sys.dont_write_bytecode is set: this interpreter never writes pycs")
-        if self.pycache_prefix:
-            lines.append(f"pycs are looked up under the pycache prefix {self.pycache_prefix}")
-        if self.skipped:
-            lines.append(f"{len(self.skipped)} skipped (builtin, frozen, zip, extension, ...)")
-        if self.problems:
-            lines.append(f"{len(self.problems)} paths could not be read (see problems)")
-        return "\n".join(lines)
+        return summary(self, self._rows, len(self.skipped), len(self.problems))
 
     def as_dict(self) -> dict[str, Any]:
         """A JSON-ready dict of the whole report."""
@@ -216,7 +172,7 @@ class BytecodeReport:
             "pycache_prefix": self.pycache_prefix,
             "dont_write_bytecode": self.dont_write_bytecode,
             "check_source": self.check_source,
-            "files": [dict(zip(_ROW_FIELDS, r, strict=True)) for r in self._rows],
+            "files": [dict(zip(ROW_FIELDS, r, strict=True)) for r in self._rows],
             "skipped": [{"name": s.name, "path": s.path, "reason": s.reason} for s in self.skipped],
             "problems": [{"path": p.path, "reason": p.reason} for p in self.problems],
         }
@@ -279,8 +235,3 @@ class CompileResult:
                 for f in self.failed
             ],
         }
-
-
-def euid() -> int:
-    """The effective uid, or -1 where the platform has none (Windows)."""
-    return os.geteuid() if hasattr(os, "geteuid") else -1

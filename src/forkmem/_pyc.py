@@ -18,7 +18,6 @@ import os
 import stat
 import struct
 import sys
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from forkmem._pycbuild import file_kind, read_source
@@ -168,26 +167,38 @@ def validate(
     return True, "timestamp pyc matches", "timestamp"
 
 
-@dataclass(slots=True)
 class Found:
-    """One raw result of a walk, before the public dataclass is built."""
+    """One raw result of a walk, before the public dataclass is built.
 
-    kind: str  # "source", "sourceless", "skipped", "problem"
-    path: str
-    size: int = 0
-    mtime: float = 0.0
-    module: str | None = None
-    reason: str = ""
+    A plain class: the check must not need the dataclass machinery (see _bytecode_scan).
+    """
+
+    __slots__ = ("kind", "module", "path", "reason", "size")
+
+    def __init__(
+        self,
+        kind: str,  # "sourceless", "skipped", "problem"
+        path: str,
+        size: int = 0,
+        *,
+        module: str | None = None,
+        reason: str = "",
+    ) -> None:
+        self.kind = kind
+        self.path = path
+        self.size = size
+        self.module = module
+        self.reason = reason
 
 
 def _is_source(name: str) -> bool:
     return name.endswith(SOURCE_SUFFIXES)
 
 
-def _entry_problem(entry: os.DirEntry[str]) -> str | None:
-    """Why a symlink entry that is neither file nor directory is broken, or None."""
+def _entry_problem(path: str) -> str | None:
+    """Why a symlink that is neither file nor directory is broken, or None."""
     try:
-        os.stat(entry.path)
+        os.stat(path)
     except OSError as exc:
         if exc.errno == errno.ELOOP:
             return "symlink loop"
@@ -201,6 +212,24 @@ Source = tuple[str, int, float, "str | None"]
 """(source path, size, mtime, module name or None)."""
 Group = tuple[str, list[Source], list["Found"]]
 """(directory, sources, other findings) for one directory."""
+
+
+_DIR_FLAGS = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_CLOEXEC", 0)
+_SCANDIR_FD = os.scandir in os.supports_fd
+
+
+def _listing(directory: str) -> tuple[int | None, list[os.DirEntry[str]]]:
+    """A directory's entries, and the open fd they are relative to (None where unsupported)."""
+    if not _SCANDIR_FD:
+        with os.scandir(directory) as it:
+            return None, list(it)
+    fd = os.open(directory, _DIR_FLAGS)
+    try:
+        with os.scandir(fd) as it:
+            return fd, list(it)
+    except BaseException:
+        os.close(fd)
+        raise
 
 
 def walk_tree(root: str, linked: set[str] | None = None) -> Iterator[Group]:
@@ -217,6 +246,7 @@ def walk_tree(root: str, linked: set[str] | None = None) -> Iterator[Group]:
         yield root, [], [Found("problem", root, reason=f"cannot stat: {exc.strerror}")]
         return
     is_source = SOURCE_SUFFIXES[0] if len(SOURCE_SUFFIXES) == 1 else SOURCE_SUFFIXES
+    sep = os.sep
     seen: set[tuple[int, int]] = {(st.st_dev, st.st_ino)}
     # Stack of (directory, ancestors' identities); ancestors tell a loop from an alias.
     stack: list[tuple[str, int, frozenset[tuple[int, int]]]] = [
@@ -239,68 +269,80 @@ def walk_tree(root: str, linked: set[str] | None = None) -> Iterator[Group]:
         sources: list[Source] = []
         pycs: list[os.DirEntry[str]] = []
         try:
-            with os.scandir(directory) as it:
-                entries = list(it)
+            dfd, entries = _listing(directory)
         except OSError as exc:
             reason = "unreadable directory" if exc.errno == errno.EACCES else exc.strerror
             why = f"{reason} ({exc.strerror})"
             yield directory, [], [Found("problem", directory, reason=why)]
             continue
-        for entry in entries:
-            name = entry.name
-            try:
-                if name.endswith(is_source) and entry.is_file():
-                    est = entry.stat()
-                    sources.append((entry.path, est.st_size, est.st_mtime, None))
-                    continue
-                if name.endswith(BYTECODE_SUFFIX) and entry.is_file():
-                    pycs.append(entry)
-                    continue
-                if entry.is_dir():
-                    if name == "__pycache__":
+        # Entries listed from a directory fd are stat'ed relative to it (fstatat): the kernel
+        # resolves one name per file instead of the whole path.
+        prefix = directory.rstrip(sep) + sep
+        try:
+            for entry in entries:
+                name = entry.name
+                try:
+                    if name.endswith(is_source) and entry.is_file():
+                        est = entry.stat()
+                        sources.append((prefix + name, est.st_size, est.st_mtime, None))
+                        continue
+                    if name.endswith(BYTECODE_SUFFIX) and entry.is_file():
+                        pycs.append(entry)
+                        continue
+                    if entry.is_dir():
+                        if name == "__pycache__":
+                            continue
+                        if entry.is_symlink():
+                            dst = entry.stat()
+                            ident = (dst.st_dev, dst.st_ino)
+                        else:
+                            # d_ino from the directory listing: no stat. A mount point inside
+                            # the tree reports the covered inode, which is still unique here.
+                            ident = (dev, entry.inode())
+                        if ident in ancestors:
+                            found.append(
+                                Found(
+                                    "problem",
+                                    prefix + name,
+                                    reason="symlink loop (links to an ancestor)",
+                                )
+                            )
+                        elif entry.is_symlink():
+                            deferred.append((prefix + name, ident, ancestors))
+                        elif ident not in seen:
+                            seen.add(ident)
+                            stack.append((prefix + name, dev, ancestors | {ident}))
                         continue
                     if entry.is_symlink():
-                        dst = entry.stat()
-                        ident = (dst.st_dev, dst.st_ino)
-                    else:
-                        # d_ino from the directory listing: no stat. A mount point inside
-                        # the tree reports the covered inode, which is still unique here.
-                        ident = (dev, entry.inode())
-                    if ident in ancestors:
-                        found.append(
-                            Found(
-                                "problem", entry.path, reason="symlink loop (links to an ancestor)"
-                            )
-                        )
-                    elif entry.is_symlink():
-                        deferred.append((entry.path, ident, ancestors))
-                    elif ident not in seen:
-                        seen.add(ident)
-                        stack.append((entry.path, dev, ancestors | {ident}))
-                    continue
-                if entry.is_symlink():
-                    broken = _entry_problem(entry)
-                    if broken == "symlink loop" or (broken and _is_source(name)):
-                        found.append(Found("problem", entry.path, reason=broken))
-                        continue
-                if name.endswith(is_source):
-                    # A FIFO, device or socket named like a source: never opened.
-                    kind = file_kind(entry.stat().st_mode)
-                    found.append(Found("problem", entry.path, reason=f"{kind}: skipped"))
-            except OSError as exc:
-                why = "symlink loop" if exc.errno == errno.ELOOP else f"cannot stat: {exc.strerror}"
-                found.append(Found("problem", entry.path, reason=why))
-        if pycs:
-            stems = {src[0].rpartition(os.sep)[2].rpartition(".")[0] for src in sources}
-        for entry in pycs:
-            # A pyc beside the sources (not in __pycache__) is imported only without a source.
-            stem = entry.name[: -len(BYTECODE_SUFFIX)]
-            if stem not in stems:
-                try:
-                    size = entry.stat().st_size
-                except OSError:
-                    size = 0
-                found.append(Found("sourceless", entry.path, size))
+                        broken = _entry_problem(prefix + name)
+                        if broken == "symlink loop" or (broken and _is_source(name)):
+                            found.append(Found("problem", prefix + name, reason=broken))
+                            continue
+                    if name.endswith(is_source):
+                        # A FIFO, device or socket named like a source: never opened.
+                        kind = file_kind(entry.stat().st_mode)
+                        found.append(Found("problem", prefix + name, reason=f"{kind}: skipped"))
+                except OSError as exc:
+                    why = (
+                        "symlink loop"
+                        if exc.errno == errno.ELOOP
+                        else f"cannot stat: {exc.strerror}"
+                    )
+                    found.append(Found("problem", prefix + name, reason=why))
+            if pycs:
+                stems = {src[0].rpartition(sep)[2].rpartition(".")[0] for src in sources}
+            for entry in pycs:
+                # A pyc beside the sources (not in __pycache__) is imported only without a source.
+                stem = entry.name[: -len(BYTECODE_SUFFIX)]
+                if stem not in stems:
+                    try:
+                        size = entry.stat().st_size
+                    except OSError:
+                        size = 0
+                    found.append(Found("sourceless", prefix + entry.name, size))
+        finally:
+            if dfd is not None:
+                os.close(dfd)
         yield directory, sources, found
 
 

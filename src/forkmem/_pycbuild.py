@@ -24,7 +24,6 @@ import os
 import stat
 import struct
 import sys
-import traceback
 import warnings
 from typing import Any
 
@@ -91,6 +90,8 @@ def build_row(source: str, optimization: int, mode: str) -> list[Any]:
     try:
         data, st_mode = build(source, optimization, mode)
     except (SyntaxError, ValueError) as exc:  # ValueError: null bytes on older Pythons
+        import traceback  # only for a broken source: it costs the check's start-up ~1 ms
+
         message = "".join(traceback.format_exception_only(type(exc), exc)).strip()
         return [source, None, message, True, 0]
     except OSError as exc:

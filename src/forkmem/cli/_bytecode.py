@@ -10,11 +10,14 @@ from __future__ import annotations
 import sys
 from typing import TYPE_CHECKING, Any
 
+from forkmem._bytecode_scan import scan, site_dirs
 from forkmem._units import format_bytes
 from forkmem.errors import InvalidArgument
 
 if TYPE_CHECKING:
     import argparse
+
+    from forkmem._bytecode_scan import Scan
 
 _LIST_LIMIT = 20
 
@@ -68,64 +71,64 @@ def register(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from forkmem.bytecode import check_bytecode, compile_bytecode, site_dirs
-
+    # The plain check prints from the scan's rows: the report types (dataclasses) and the
+    # compiler load only for --json, --fix and --cost.
     if args.workers < 0:
         raise InvalidArgument("--workers must be >= 0")
     paths = args.paths or site_dirs()
     if not paths:
         raise InvalidArgument("no PATH given and this interpreter has no site-packages directory")
-    report = check_bytecode(paths=paths, optimization=args.optimize)
-    before = report
-    fix = None
-    if args.fix and not report.ok:
-        fix = compile_bytecode(report, workers=args.workers)
-        report = check_bytecode(paths=paths, optimization=args.optimize)
-    cost = None
-    if args.cost:
-        from forkmem._bytecode_cost import measure_compile_cost
+    found = before = scan(paths=paths, optimization=args.optimize)
+    fix = cost = None
+    if args.fix or args.cost or args.json:
+        from forkmem.bytecode import as_report, compile_bytecode
 
-        sources = [f.source for f in before.uncached if f.source]
-        if sources:
-            cost = measure_compile_cost(sources, optimization=before.optimization)
+        if args.fix and not found.ok:
+            fix = compile_bytecode(as_report(found), workers=args.workers)
+            found = scan(paths=paths, optimization=args.optimize)
+        if args.cost:
+            from forkmem._bytecode_cost import measure_compile_cost
 
-    if args.json:
-        import json
+            sources = [r[0] for r in before.uncached() if r[0]]
+            if sources:
+                cost = measure_compile_cost(sources, optimization=before.optimization)
+        if args.json:
+            import json
 
-        out = report.as_dict()
-        out["fix"] = None if fix is None else {**fix.as_dict(), "before": dict(before.counts)}
-        out["cost"] = None if cost is None else cost.as_dict()
-        json.dump(out, sys.stdout, indent=2)
-        sys.stdout.write("\n")
-    else:
-        _print_human(report, before, fix, cost, args)
-    return 0 if report.ok else 1
+            out = as_report(found).as_dict()
+            out["fix"] = None if fix is None else {**fix.as_dict(), "before": dict(before.counts)}
+            out["cost"] = None if cost is None else cost.as_dict()
+            json.dump(out, sys.stdout, indent=2)
+            sys.stdout.write("\n")
+            return 0 if found.ok else 1
+    _print_human(found, fix, cost, args)
+    return 0 if found.ok else 1
 
 
-def _print_human(report: Any, before: Any, fix: Any, cost: Any, args: argparse.Namespace) -> None:
+def _print_human(found: Scan, fix: Any, cost: Any, args: argparse.Namespace) -> None:
     w = sys.stdout.write
     if fix is not None:
         w(f"--fix: {fix.summary()}\n")
         for f in fix.failed[: None if args.all else _LIST_LIMIT]:
             kind = "syntax error" if f.syntax_error else "error"
             w(f"  {kind}: {f.source}: {f.error}\n")
-    w(report.summary() + "\n")
-    bad = report.uncached
+    w(found.summary() + "\n")
+    bad = found.uncached()
     if bad:
         shown = bad if args.all else bad[:_LIST_LIMIT]
-        for f in shown:
-            w(f"  {f.status:<10} {format_bytes(f.size):>10}  {f.source}  ({f.reason})\n")
+        for source, _cache, status, reason, size, _module, _mode in shown:
+            w(f"  {status:<10} {format_bytes(size):>10}  {source}  ({reason})\n")
         if len(shown) < len(bad):
             w(f"  ... and {len(bad) - len(shown)} more (--all or --json lists them)\n")
-    for p in report.problems[: None if args.all else _LIST_LIMIT]:
-        w(f"  cannot check {p.path}: {p.reason}\n")
+    for path, reason in found.problems[: None if args.all else _LIST_LIMIT]:
+        w(f"  cannot check {path}: {reason}\n")
     if cost is not None:
         w(cost.summary() + "\n")
     elif args.cost:
         w("--cost: nothing to measure, every source has a valid pyc\n")
-    if not report.ok and fix is None:
+    if not found.ok and fix is None:
         import shlex
 
-        targets = " ".join(shlex.quote(p) for p in report.paths)
+        targets = " ".join(shlex.quote(p) for p in found.paths)
         # Not compileall: it writes through a symlinked __pycache__ out of the tree.
         w(f"fix: forkmem bytecode --fix {targets}\n")
