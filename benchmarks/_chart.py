@@ -33,7 +33,7 @@ def _figure():  # type: ignore[no-untyped-def]
     plt = _pyplot()
     if plt is None:
         return None
-    fig, ax = plt.subplots(figsize=(6.4, 3.4))
+    fig, ax = plt.subplots(figsize=(7.2, 3.6))
     ax.spines[["top", "right"]].set_visible(False)
     return plt, fig, ax
 
@@ -55,12 +55,12 @@ def bar_chart(
     series: dict[str, Sequence[float]],
     *,
     unit: str,
-    per_bar_colors: bool = False,
+    highlight: Sequence[str] | None = None,
 ) -> str | None:
     """Grouped bars: one group per label in ``groups``, one bar per series (baseline first).
 
-    ``per_bar_colors`` colours the bars of a single series by group instead (baselines grey,
-    the last group, forkmem, in blue)."""
+    With ``highlight``, the bars of a single series are coloured by group instead: the groups
+    it names (forkmem's) in blue, the others (the baselines) in grey."""
     chart = _figure()
     if chart is None:
         return None
@@ -70,11 +70,21 @@ def bar_chart(
     for i, (label, values) in enumerate(series.items()):
         xs = [g + (i - (n - 1) / 2) * width for g in range(len(groups))]
         color: object = COLORS[i % len(COLORS)]
-        if per_bar_colors:
-            color = [COLORS[0]] * (len(groups) - 1) + [COLORS[1]]
+        if highlight is not None:
+            color = [COLORS[1] if g in highlight else COLORS[0] for g in groups]
         bars = ax.bar(xs, values, width, label=label, color=color)
-        ax.bar_label(bars, fmt="%.3g", fontsize=7, padding=2)
-    ax.set_xticks(range(len(groups)), groups, fontsize=8)
+        # Label the bars worth reading; a row of "0.01" labels only hides the ticks.
+        top = max((v for vals in series.values() for v in vals), default=0)
+        texts = [f"{v:.3g}" if v >= top * 0.02 else "" for v in values]
+        ax.bar_label(bars, labels=texts, fontsize=7 if n < 3 else 6, padding=2)
+    many = len(groups) > 5
+    ax.set_xticks(
+        range(len(groups)),
+        groups,
+        fontsize=8,
+        rotation=20 if many else 0,
+        ha="right" if many else "center",
+    )
     ax.set_ylabel(unit)
     ax.set_title(title, fontsize=10)
     ax.margins(y=0.15)

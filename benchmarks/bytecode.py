@@ -31,6 +31,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from _chart import bar_chart
+
 HERE = Path(__file__).resolve().parent
 SRC = HERE.parent / "src"
 sys.path.insert(0, str(SRC))
@@ -280,6 +282,16 @@ def main() -> int:
             f"{label:44}{ms(base):>12}{ms(ours):>12}{ratio(base, ours):>8}"
             f"   {spread(base)} / {spread(ours)}"
         )
+    bar_chart(
+        "bytecode",
+        f"Checking the bytecode cache of {files} files: compileall vs forkmem (lower is better)",
+        ["fresh process, wall", "fresh process, CPU", "in process, wall", "in process, CPU"],
+        {
+            "compileall": [statistics.median(r[1]) * 1000 for r in rows],
+            "forkmem": [statistics.median(r[2]) * 1000 for r in rows],
+        },
+        unit="ms",
+    )
     print(
         f"  fresh-process start-up alone: python -c pass CPU {ms(bare[1])}; "
         f"forkmem bytecode --help CPU {ms(cli_import[1])} (import forkmem + CLI parser)"

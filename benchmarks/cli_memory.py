@@ -157,7 +157,7 @@ def chart(times: dict[str, list[float]]) -> None:
         names,
         {"ms": [statistics.median(times[n]) * 1000 for n in names]},
         unit="ms",
-        per_bar_colors=True,
+        highlight=["forkmem"],
     )
 
 

@@ -42,6 +42,8 @@ import sys
 import time
 from typing import TYPE_CHECKING, Any
 
+from _chart import bar_chart
+
 if TYPE_CHECKING:
     from collections.abc import Callable
 
@@ -320,6 +322,18 @@ def main(argv: list[str] | None = None) -> int:
         print()
         print("heap with holes (every 4th record freed before the fork)" if holes else "heap")
         _print_table(labels, results)
+        if not holes:
+            bar_chart(
+                "cow",
+                f"What a forked child copies of a {args.heap_mib} MiB heap "
+                f"(Python {platform.python_version()})",
+                [name for name, _ in SCENARIOS],
+                {
+                    label: [results[label]["copied"][n] / MiB for n, _ in SCENARIOS]
+                    for label in labels
+                },
+                unit="MiB copied per child",
+            )
     return 0
 
 

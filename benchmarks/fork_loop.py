@@ -36,6 +36,8 @@ import time
 from collections import deque
 from typing import Any
 
+from _chart import bar_chart
+
 MODES = ("plain", "naive", "young", "young0", "youngpf", "full", "once")
 LIFETIME = 40  # iterations a long-lived cycle stays in the cache
 MiB = 1 << 20
@@ -344,6 +346,15 @@ def main(argv: list[str] | None = None) -> int:
     print("x plain / cpu x: median over rounds of (per-iteration time / plain's in the same round)")
     if any(r["capped"] for r in results.values()):
         print(f"* stopped early: RSS grew by more than --cap-mib={args.cap_mib} MiB")
+    bar_chart(
+        "fork_loop",
+        f"Parent RSS growth over the fork loop, per freeze strategy (Python "
+        f"{platform.python_version()}; lower is better)",
+        modes,
+        {"RSS growth, MiB": [results[m]["rss_growth"] / 2**20 for m in modes]},
+        unit="parent RSS growth, MiB",
+        highlight=[m for m in modes if m != "plain"],
+    )
     return 0
 
 

@@ -29,6 +29,7 @@ import time
 from typing import TYPE_CHECKING
 
 import psutil
+from _chart import bar_chart
 
 import forkmem
 from forkmem import _backend_linux
@@ -165,6 +166,7 @@ def run_single(pid: int, rounds: int, block: int, title: str) -> None:
 
 
 def run_tree(root: int, rounds: int) -> None:
+    """Time every way of measuring the tree; chart the CPU cost per process of each."""
     pids = [root] + [c.pid for c in psutil.Process(root).children(recursive=True)]
     paths = [f"/proc/{p}/smaps_rollup" for p in pids]
     procs = [psutil.Process(p) for p in pids]
@@ -190,6 +192,19 @@ def run_tree(root: int, rounds: int) -> None:
     )
     title += "\n  (rows without 'walk'/'children' get the pid list; those two find it with psutil)"
     report(title, results, "bare reads", per=len(pids))
+    names = list(results)
+    bar_chart(
+        "measure",
+        f"Measuring a tree of {len(pids)} processes: CPU per process (lower is better)",
+        [n.replace(" + ", "\n+ ").replace(" per ", "\nper ") for n in names],
+        {"CPU µs per process": [results[n][0] / len(pids) for n in names]},
+        unit="CPU µs per process",
+        highlight=[
+            n.replace(" + ", "\n+ ").replace(" per ", "\nper ")
+            for n in names
+            if n.startswith("forkmem")
+        ],
+    )
 
 
 def kill_tree(pid: int) -> None:

@@ -31,6 +31,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from _chart import bar_chart
+
 from forkmem.pool import fork_pool
 
 # What each worker's sampler says about itself when it exits (sample_memory=True).
@@ -118,6 +120,16 @@ def main(argv: list[str] | None = None) -> int:
             f"sampler's own account, per worker: median {statistics.median(duties):.2%} of one "
             f"CPU, max {max(duties):.2%} ({len(duties)} workers; the bound is 1%)"
         )
+    bar_chart(
+        "recycle",
+        "fork_pool with a memory limit (sampler on) vs none, as on/off (1.0 = free)",
+        ["wall time", "tasks per second", "worker CPU"],
+        {
+            "sampler off": [1.0, 1.0, 1.0],
+            "on, limit set": [on_wall / off_wall, on_rate / off_rate, on_cpu / off_cpu],
+        },
+        unit="ratio to sampler off",
+    )
     return 0
 
 
