@@ -7,10 +7,14 @@ killed (at most 120 s).
 - ``leak``: the first child allocates and keeps RATE MiB/s of new memory; the second idles.
 - ``cow``: the parent fills a 96 MiB private mapping first; each child then writes RATE MiB/s
   of it, one byte per page, so every write copies one inherited page.
+- ``dentries``: the first child looks up ~RATE MiB/s worth of missing ``.pyc`` names (about
+  200 bytes of kernel memory each: negative dentries, as interpreters that cannot write their
+  bytecode leave behind); no process memory grows.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import mmap
 import os
@@ -52,6 +56,19 @@ def _cow(buf: mmap.mmap, rate: float, offset: int) -> None:
     _paced(rate, write)
 
 
+def _dentries(rate: float, directory: str) -> None:
+    count = 0
+
+    def look_up(nbytes: int) -> None:
+        nonlocal count
+        for _ in range(max(1, nbytes // 200)):
+            with contextlib.suppress(FileNotFoundError):
+                os.stat(f"{directory}/missing-{count}.cpython-312.pyc")
+            count += 1
+
+    _paced(rate, look_up)
+
+
 def _idle() -> None:
     time.sleep(120)
 
@@ -65,6 +82,9 @@ def main() -> None:
     bodies = []
     if kind == "leak":
         bodies = [lambda: _leak(rate), _idle]
+    elif kind == "dentries":
+        directory = sys.argv[3]
+        bodies = [lambda: _dentries(rate, directory), _idle]
     else:
         size = 96 * 1024 * 1024
         buf = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE)

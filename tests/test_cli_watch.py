@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
+import forkmem
 from forkmem._growth import slope
 from forkmem.cli import main
 
@@ -29,9 +30,11 @@ TRUTH = RATE * 3600  # MiB/h
 def grow() -> Iterator[Any]:
     started: list[subprocess.Popen[str]] = []
 
-    def start(kind: str, rate: float = RATE) -> dict[str, Any]:
+    def start(kind: str, rate: float = RATE, *extra: str) -> dict[str, Any]:
         proc = subprocess.Popen(
-            [sys.executable, str(TREES), kind, str(rate)], stdout=subprocess.PIPE, text=True
+            [sys.executable, str(TREES), kind, str(rate), *extra],
+            stdout=subprocess.PIPE,
+            text=True,
         )
         started.append(proc)
         assert proc.stdout is not None
@@ -91,6 +94,19 @@ def test_children_copying_their_inherited_heap_is_copy_on_write(grow: Any) -> No
     assert not [c for c in report["causes"] if c["kind"] == "leak"], report
     for child in tree["children"]:
         assert str(child) in primary["detail"]
+
+
+def test_kernel_memory_growing_while_processes_do_not_is_named(grow: Any, tmp_path: Path) -> None:
+    cg = forkmem.cgroup_memory()
+    if cg is None or cg.kernel is None:
+        pytest.skip("no readable cgroup kernel-memory counter here")
+    tree = grow("dentries", RATE, str(tmp_path))
+    report = _watch(tree["root"])
+    kinds = [c["kind"] for c in report["causes"]]
+    assert report["primary"]["kind"] == "kernel", report
+    assert "bytecode --fix" in report["primary"]["fix"]
+    assert "leak" not in kinds, report
+    assert "cow" not in kinds, report
 
 
 def test_plot_writes_a_png_and_an_svg(grow: Any, tmp_path: Path) -> None:
