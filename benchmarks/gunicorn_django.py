@@ -9,7 +9,8 @@ from outside (``forkmem.memory``, after the load) and the whole tree (``forkmem.
 - ``freeze``: ``configure(warmup=False)``: collect and ``gc.freeze()`` in the master.
 - ``immortalize``: ``configure(warmup=True, immortalize=True)`` (CPython 3.12/3.13).
 - ``default``: forkmem's one-line config as shipped (the import, nothing else).
-- ``rehearse``: the default plus ``rehearse=[the pages]``, run in the master before the fork.
+- ``rehearse-once``: the default plus ``rehearse=[the pages]`` served once in the master.
+- ``rehearse``: the same with the default ``rehearse_rounds`` (32 rounds of the pages).
 - ``rehearse-quiet``: ``rehearse`` without the per-worker memory sampler (its thread's stack and
   malloc arena are private to each worker).
 - ``refork``: the default plus ``refork_after=N``: a worker warmed by real traffic forks the rest.
@@ -55,6 +56,7 @@ VARIANTS: dict[str, str | None] = {
     "freeze": "configure(warmup=False)",
     "immortalize": "configure(warmup=True, immortalize=True)",
     "default": "",
+    "rehearse-once": "configure(rehearse={paths!r}, rehearse_rounds=1)",
     "rehearse": "configure(rehearse={paths!r})",
     "rehearse-quiet": "configure(rehearse={paths!r}, sample_memory=False)",
     "refork": "configure(refork_after={refork_after})",

@@ -54,7 +54,15 @@ def test_good_rehearsal_requests_pass() -> None:
 
 @pytest.mark.parametrize(
     "kwargs",
-    [{"immortalize": "yes"}, {"warmup": 1}, {"warmup": False, "immortalize": True}],
+    [
+        {"immortalize": "yes"},
+        {"warmup": 1},
+        {"warmup": False, "immortalize": True},
+        {"rehearse_rounds": 0},
+        {"rehearse_rounds": True},
+        {"rehearse_rounds": 2.0},
+        {"rehearse_rounds": 1001},
+    ],
 )
 def test_configure_rejects_bad_flags(kwargs: dict[str, Any]) -> None:
     with pytest.raises(InvalidArgument):

@@ -162,7 +162,7 @@ def test_rehearsed_workers_keep_less_private_memory(
         text = log.read_text()
     assert served > 0
     assert failed == 0
-    assert "forkmem: rehearsed 3 request(s) in the gunicorn master" in text
+    assert "forkmem: rehearsed 3 request(s) x 32 round(s) in the gunicorn master" in text
     assert "(0 failed); closed django" in text
     # What the first requests build (the resolver, templates, translations) is shared now.
     assert max(warm_uss) < min(plain_uss) - 1 * MiB, (plain_uss, warm_uss)
@@ -197,8 +197,9 @@ def test_a_failing_rehearsal_page_is_logged_and_the_server_runs(
             assert answer.status == 200
         text = log.read_text()
     assert "forkmem: rehearsing /no-such-page answered '404 Not Found'" in text
-    assert "rehearsed 2 request(s)" in text
+    assert "rehearsed 2 request(s) x 32 round(s)" in text
     assert "(1 failed)" in text
+    assert text.count("rehearsing /no-such-page") == 1  # later rounds skip what failed
 
 
 def test_a_rehearsal_that_leaves_a_thread_refuses_to_fork(

@@ -125,13 +125,26 @@ def _serve_one(worker: Any, wire: bytes) -> bytes:
         return b"".join(chunks)
 
 
-def rehearse(server: Any, requests: Sequence[Request]) -> RehearsalReport:
-    """Serve each request in this process with a sync worker object of ``server`` (the
-    arbiter), then `settle()` what the app left behind.
+def _serve_logged(worker: Any, path: str, wire: bytes) -> bool:
+    """Serve one request; False (logged with its path) when it raised or answered non-2xx."""
+    try:
+        status = _status(_serve_one(worker, wire))
+    except Exception:
+        _logger.warning("forkmem: rehearsing %s raised", path, exc_info=True)
+        return False
+    if status[:1] != "2":
+        _logger.warning("forkmem: rehearsing %s answered %r", path, status)
+        return False
+    return True
 
-    A request that raises or answers anything but 2xx is logged with its path and counted in
-    ``failed``; the others still run. Raises `UnsafeToFork` when the app left
-    threads running.
+
+def rehearse(server: Any, requests: Sequence[Request], *, rounds: int = 1) -> RehearsalReport:
+    """Serve each request in this process with a sync worker object of ``server`` (the
+    arbiter), ``rounds`` times, then `settle()` what the app left behind.
+
+    A request that raises or answers anything but 2xx in the first round is logged with its path,
+    counted in ``failed`` and not served again; the others still run. Raises `UnsafeToFork` when
+    the app left threads running.
     """
     from gunicorn.workers.sync import SyncWorker
 
@@ -144,24 +157,17 @@ def rehearse(server: Any, requests: Sequence[Request]) -> RehearsalReport:
             break
     before = snapshot()
     started = time.perf_counter()
-    ok = failed = 0
     worker = SyncWorker(0, server.pid, [], server.app, server.timeout, server.cfg, server.log)
     try:
         worker.wsgi = server.app.wsgi()
-        for request in requests:
-            path, wire = _http(request, host)
-            try:
-                status = _status(_serve_one(worker, wire))
-            except Exception:
-                failed += 1
-                _logger.warning("forkmem: rehearsing %s raised", path, exc_info=True)
-                continue
-            if status[:1] == "2":
-                ok += 1
-            else:
-                failed += 1
-                _logger.warning("forkmem: rehearsing %s answered %r", path, status)
+        wires = [_http(request, host) for request in requests]
+        good = [wire for path, wire in wires if _serve_logged(worker, path, wire)]
+        for _ in range(rounds - 1):
+            for wire in good:
+                with contextlib.suppress(Exception):  # the first round logged how it answers
+                    _serve_one(worker, wire)
     finally:
         worker.tmp.close()
+    ok, failed = len(good), len(wires) - len(good)
     settled = settle(before, what="the rehearsal")
     return RehearsalReport(ok, failed, time.perf_counter() - started, settled)

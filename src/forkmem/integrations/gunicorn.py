@@ -56,6 +56,11 @@ _rehearsal: tuple[Request, ...] = ()
 _exporter: Exporter | None = None
 _refork_after: int | None = None
 _refork: Refork | None = None
+# Rounds of the rehearsal: measured on the Django example, 32 rounds leave each worker
+# ~0.4 MiB less private memory than one (the specializing interpreter's counters and caches
+# settle in the master instead of being rewritten in every worker).
+_REHEARSE_ROUNDS = 32
+_rehearse_rounds = _REHEARSE_ROUNDS
 
 
 def configure(
@@ -65,6 +70,7 @@ def configure(
     sample_memory: bool = True,
     duty_cycle: float = 0.01,
     rehearse: Sequence[str | Mapping[str, Any]] = (),
+    rehearse_rounds: int = _REHEARSE_ROUNDS,
     max_private_memory: str | int | None = None,
     max_private_memory_hard: str | int | None = None,
     recycle_measure: str = "uss",
@@ -84,6 +90,9 @@ def configure(
     app builds on its first requests is then built once and shared by every worker; database
     connections and sockets it opened are closed, and threads it left running raise
     [`UnsafeToFork`][forkmem.UnsafeToFork] (see ``docs/integrations/gunicorn.md``).
+    ``rehearse_rounds`` (32) is how many times the list is served: the bytecode the requests run
+    is specialized and its counters settle in the master, not in each worker; ``1`` serves each
+    request once.
     ``sample_memory`` samples each worker's peak private memory at most ``duty_cycle`` of one CPU,
     logged at [`child_exit()`][forkmem.integrations.gunicorn.child_exit].
 
@@ -127,10 +136,20 @@ def configure(
             f"configure(refork_after=...) must be a positive number of requests or None; "
             f"got {refork_after!r}"
         )
+    if (
+        isinstance(rehearse_rounds, bool)
+        or not isinstance(rehearse_rounds, int)
+        or not (1 <= rehearse_rounds <= 1000)
+    ):
+        raise InvalidArgument(
+            f"configure(rehearse_rounds=...) must be a number of rounds from 1 to 1000; "
+            f"got {rehearse_rounds!r}"
+        )
     if metrics is not None:
         parse_listen(metrics)
-    global _refork_after
+    global _refork_after, _rehearse_rounds
     _settings, _rehearsal, _refork_after = settings, requests, refork_after
+    _rehearse_rounds = rehearse_rounds
 
 
 def _immortalize() -> bool:
@@ -150,10 +169,12 @@ def _rehearse(server: Any) -> None:
     if app is None or not getattr(cfg, "preload_app", False):
         _logger.warning("forkmem: rehearse needs preload_app = True; not rehearsing")
         return
-    report = rehearse(server, _rehearsal)
+    report = rehearse(server, _rehearsal, rounds=_rehearse_rounds)
     _logger.info(
-        "forkmem: rehearsed %d request(s) in the gunicorn master in %.3f s (%d failed)%s",
-        report.ok + report.failed,
+        "forkmem: rehearsed %d request(s) x %d round(s) in the gunicorn master in %.3f s "
+        "(%d failed)%s",
+        len(_rehearsal),
+        _rehearse_rounds,
         report.seconds,
         report.failed,
         "; closed " + ", ".join(report.settled.databases_closed)
