@@ -13,7 +13,8 @@ if TYPE_CHECKING:
     from collections.abc import Sequence
 
 OUT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs", "images")
-COLORS = ("#9e9e9e", "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728")  # baseline first, in grey
+COLORS = ("#9e9e9e", "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b")
+# The baseline comes first, in grey; seven colours cover the longest variant list (gunicorn).
 
 
 def _pyplot():  # type: ignore[no-untyped-def]
@@ -88,7 +89,9 @@ def bar_chart(
     ax.set_ylabel(unit)
     ax.set_title(title, fontsize=10)
     ax.margins(y=0.15)
-    if n > 1:
+    if n > 3:  # many series: beside the axes, where it cannot cover a bar
+        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False)
+    elif n > 1:
         ax.legend(fontsize=8)
     return _save(plt, fig, name)
 

@@ -3,9 +3,11 @@ rehearsal (or a refork) could share.
 
 Starts ``celery -A celery_app worker --pool=prefork --concurrency=1`` from ``examples/`` (the
 filesystem broker: no server needed), with and without forkmem (``FORKMEM_DISABLE=1``), and
-reads the pool child's private memory (USS, from outside) when it is idle, after its first task
-and after ``--tasks`` tasks. The first-task growth is what each child builds lazily for itself;
-a rehearsal in the main process before the fork could share at most that.
+reads the pool child's private memory (USS, from outside) when it is idle, after its first
+task, after ``--tasks`` tasks, and after a task that runs ``gc.collect()`` in the child (what a
+collection copies of the inherited heap: forkmem's main effect). The first-task growth is what
+each child builds lazily for itself; a rehearsal in the main process before the fork could
+share at most that.
 
     python benchmarks/celery_first_tasks.py [--tasks 200]
 """
@@ -21,6 +23,7 @@ import time
 from pathlib import Path
 
 import psutil
+from _chart import bar_chart
 from _procs import stop
 from celery import Celery
 
@@ -48,7 +51,7 @@ def client(data: Path) -> Celery:
     return app
 
 
-def measure(data: Path, tasks: int, disable: bool) -> tuple[int, int, int]:
+def measure(data: Path, tasks: int, disable: bool) -> tuple[int, int, int, int]:
     for sub in ("queue", "processed", "results", "control"):
         (data / sub).mkdir(parents=True, exist_ok=True)
     env = dict(os.environ, FORKMEM_CELERY_DIR=str(data), FORKMEM_DISABLE="1" if disable else "0")
@@ -79,9 +82,11 @@ def measure(data: Path, tasks: int, disable: bool) -> tuple[int, int, int]:
         for result in results:
             result.get(timeout=60, interval=0.05)
         later = forkmem.memory(child.pid).uss
+        app.send_task("celery_app.private_after_collect").get(timeout=60, interval=0.05)
+        collected = forkmem.memory(child.pid).uss
     finally:
         stop(proc, grace=20.0)
-    return idle, first, later
+    return idle, first, later, collected
 
 
 def main() -> int:
@@ -91,15 +96,25 @@ def main() -> int:
     print(f"Celery prefork child, 1 child, example app, Python {sys.version.split()[0]}")
     print(
         f"{'setup':<10} {'idle':>10} {'1 task':>10} {f'{args.tasks} tasks':>11} "
-        f"{'1st-task growth':>16}"
+        f"{'1st-task growth':>16} {'gc.collect()':>12}"
     )
+    series: dict[str, list[float]] = {}
     for name, disable in (("stock", True), ("forkmem", False)):
         with tempfile.TemporaryDirectory(prefix="forkmem-celery-bench-") as tmp:
-            idle, first, later = measure(Path(tmp), args.tasks, disable)
+            idle, first, later, collected = measure(Path(tmp), args.tasks, disable)
+        label = "stock (FORKMEM_DISABLE=1)" if disable else "forkmem install(app)"
+        series[label] = [idle / MiB, first / MiB, later / MiB, collected / MiB]
         print(
             f"{name:<10} {idle / MiB:6.1f} MiB {first / MiB:6.1f} MiB {later / MiB:7.1f} MiB "
-            f"{(first - idle) / MiB:12.1f} MiB"
+            f"{(first - idle) / MiB:12.1f} MiB {collected / MiB:8.1f} MiB"
         )
+    bar_chart(
+        "celery_first_tasks",
+        "Celery prefork child's private memory (USS), 1 child, example app",
+        ["idle", "after 1 task", f"after {args.tasks} tasks", "then gc.collect() in the child"],
+        series,
+        unit="child USS (MiB)",
+    )
     return 0
 
 

@@ -39,6 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import psutil
+from _chart import bar_chart
 from _procs import stop
 
 import forkmem
@@ -202,6 +203,30 @@ def report(results: list[Result]) -> None:
         )
 
 
+def chart(results: list[Result], args: argparse.Namespace) -> None:
+    """Worker USS and tree PSS, one bar per variant: stock in grey, forkmem's in colour."""
+    labels = {
+        "stock": "stock (no forkmem)",
+        "default": "default (the one-line import)",
+        "refork": f"refork_after={args.refork_after}",
+    }
+    series = {
+        labels.get(r.name, r.name): [
+            (statistics.median(r.worker_uss) if r.worker_uss else 0) / MiB,
+            r.tree_pss / MiB,
+        ]
+        for r in results
+    }
+    bar_chart(
+        f"gunicorn_{args.app}",
+        f"{args.app.capitalize()} under gunicorn --preload, {args.workers} sync workers, after "
+        f"{args.seconds} s of wrk",
+        ["worker USS, median", "tree PSS (master + workers)"],
+        series,
+        unit="MiB",
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--app", choices=sorted(APPS), default="django")
@@ -238,6 +263,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{args.connections} connections {args.seconds} s, Python {sys.version.split()[0]}"
         )
         report(results)
+        chart(results, args)
     return 0
 
 

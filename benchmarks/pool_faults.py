@@ -22,6 +22,8 @@ import subprocess
 import sys
 import time
 
+from _chart import bar_chart
+
 from forkmem.errors import WorkerLost
 from forkmem.pool import fork_pool
 
@@ -145,6 +147,18 @@ def main(argv: list[str] | None = None) -> int:
         seconds = rows[kind].get("join_seconds")
         cells.append("hung" if seconds is None else f"{float(seconds):.2f} s")  # type: ignore[arg-type]
     print(f"{'close() + join()':24} {cells[0]:>22} {cells[1]:>12}")
+    keys = ("returned", "raised", "pending")
+    bar_chart(
+        "pool_faults",
+        f"{args.tasks} tasks through {args.workers} workers while {args.kills} workers are "
+        "SIGKILLed",
+        ["tasks returned", "raised WorkerLost", "never finished"],
+        {
+            label: [float(rows[kind].get(key, 0)) for key in keys]  # type: ignore[arg-type]
+            for kind, label in (("stdlib", "multiprocessing.Pool"), ("forkmem", "fork_pool"))
+        },
+        unit="tasks",
+    )
     return 0
 
 

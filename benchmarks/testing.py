@@ -18,6 +18,8 @@ import platform
 import sys
 import time
 
+from _chart import bar_chart
+
 from forkmem.testing import copied_objects, page_snapshot, run_in_child
 
 
@@ -85,6 +87,17 @@ def main() -> None:
         f"ratio {walk / bare:5.2f}  ({count} objects, CPU time in the child)"
     )
     del heap
+    bar_chart(
+        "testing",
+        f"forkmem.testing against the bare baseline (fork: {base * 1e3:.1f} vs "
+        f"{ours * 1e3:.1f} ms; walk: {bare * per_m:.2f} vs {walk * per_m:.2f} s/M objects)",
+        ["one fork, child reports, parent reaps", "walk every object (CPU)"],
+        {
+            "bare baseline (os.fork + pipe; gc.get_objects + referents)": [1.0, 1.0],
+            "forkmem (run_in_child; copied_objects)": [ours / base, walk / bare],
+        },
+        unit="time, x the baseline",
+    )
 
 
 if __name__ == "__main__":
