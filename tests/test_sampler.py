@@ -105,27 +105,30 @@ def test_slot_carries_the_peak_of_a_killed_child() -> None:
     slot = PeakSlot()
 
     def child() -> None:
-        sampler = Sampler(slot=slot, min_interval=0.01).start()
+        # duty_cycle=1: the pause is min_interval, not 99x a sample's cost (a first sample
+        # slowed to 0.1 s by a loaded machine would put the next one 10 s later).
+        sampler = Sampler(slot=slot, min_interval=0.01, duty_cycle=1.0).start()
         block = bytearray(48 * MiB)
         block[::4096] = b"y" * len(block[::4096])
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             peak = sampler.peak()
             if peak is not None and peak.peak_private_dirty > 40 * MiB:
-                break
+                # Killed the moment this thread sees the sample: the slot must hold it already.
+                os.kill(os.getpid(), signal.SIGKILL)  # no exit hook of any kind runs
             time.sleep(0.01)
-        os.kill(os.getpid(), signal.SIGKILL)  # no exit hook of any kind runs
+        os._exit(3)  # the sampler never saw the block
 
     pid = _fork(child)
-    status = _wait(pid)
-    assert os.WIFSIGNALED(status)
-    assert os.WTERMSIG(status) == signal.SIGKILL
+    status = _wait(pid, timeout=90)
+    assert os.WIFSIGNALED(status), f"child exit status {os.waitstatus_to_exitcode(status)}"
+    assert os.WTERMSIG(status) == signal.SIGKILL, os.WTERMSIG(status)
     peak = slot.read()
     slot.close()
     assert peak is not None
-    assert peak.pid == pid
-    assert peak.peak_private_dirty > 40 * MiB
-    assert peak.samples >= 1
+    assert peak.pid == pid, peak
+    assert peak.peak_private_dirty > 40 * MiB, peak
+    assert peak.samples >= 1, peak
     assert slot.read() is None  # closed
 
 

@@ -177,21 +177,29 @@ class Sampler:
             return False
         cost = time.perf_counter() - started
         now = time.monotonic()
-        if self._samples == 0:
-            self._first = now
-        self._last = now
-        self._samples += 1
+        uss = usage.uss or 0
+        first = now if self._samples == 0 else self._first
+        samples = self._samples + 1
+        peak = PeakMemory(
+            pid=self.pid,
+            peak_uss=max(self._peak_uss, uss),
+            peak_private_dirty=max(self._peak_dirty, usage.private_dirty or 0),
+            last_uss=uss,
+            samples=samples,
+            sample_seconds=(self._cost + cost) / samples,
+            elapsed=now - first,
+        )
+        # The slot first: a worker whose other thread sees this sample through peak() and is
+        # killed at once (SIGKILL, the OOM killer) must still leave it in the slot.
+        if self.slot is not None:
+            self.slot.write(peak)
+        self._first, self._last = first, now
+        self._samples = samples
         self._cost += cost
         self.last_sample_seconds = cost
-        uss = usage.uss or 0
-        dirty = usage.private_dirty or 0
         self._last_uss = uss
-        self._peak_uss = max(self._peak_uss, uss)
-        self._peak_dirty = max(self._peak_dirty, dirty)
-        if self.slot is not None:
-            peak = self.peak()
-            if peak is not None:
-                self.slot.write(peak)
+        self._peak_uss = peak.peak_uss
+        self._peak_dirty = peak.peak_private_dirty
         if self.on_sample is not None:
             try:
                 self.on_sample(usage)
