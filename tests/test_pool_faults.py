@@ -90,9 +90,13 @@ def test_thousand_tasks_with_random_sigkills(context: str, bursts: int) -> None:
         killer.join()
     assert returned + lost == bursts * 100
     # -9, or None when a loaded machine had not reported the exit status within the grace time.
-    assert all(e.pid is not None and e.exitcode in (-signal.SIGKILL, None) for e in errors), [
-        (str(e), e.exitcode) for e in errors
+    # (255 was the stdlib's forkserver status read racing another thread's: forkmem._pool_process.)
+    wrong = [
+        (str(e), e.pid, e.exitcode)
+        for e in errors
+        if e.pid is None or e.exitcode not in (-signal.SIGKILL, None)
     ]
+    assert wrong == [], wrong
     assert kills["busy"] >= 5, kills
     assert kills["idle"] >= 2 * bursts - 1, kills
     # A kill loses at most the one task its worker had started; idle workers lose none.

@@ -40,6 +40,7 @@ import warnings
 from multiprocessing import util
 from typing import TYPE_CHECKING, Any
 
+from forkmem._pool_process import new_pool_process
 from forkmem._pool_worker import RecycleNotice, WorkerLink, worker_main
 from forkmem._wakeup import Waker
 from forkmem.errors import WorkerLost
@@ -79,9 +80,7 @@ class _Worker:
 class SupervisedPool(multiprocessing.pool.Pool):
     """A ``multiprocessing.pool.Pool`` that survives killed workers (see the module docstring)."""
 
-    @staticmethod
-    def Process(ctx: Any, *args: Any, **kwds: Any) -> Any:
-        return ctx.Process(*args, **kwds)
+    Process = staticmethod(new_pool_process)
 
     def __init__(
         self,
