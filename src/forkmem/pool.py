@@ -10,7 +10,11 @@ Where the freeze has to happen depends on the start method:
   later (``maxtasksperchild``, a crashed worker) are started under a young-collect-then-freeze.
 - ``"forkserver"``: workers are forked from the fork server, not from the parent, so the freeze
   has to run *inside the fork server*, after the modules it preloads. forkmem appends
-  `forkmem._forkserver_preload` to the preload list, last, before the server starts.
+  `forkmem._forkserver_preload` to the preload list, last, before the server starts. Nothing
+  the parent built is in the server: when the parent holds much more private memory than the
+  server, a [`ForkmemWarning`][forkmem.ForkmemWarning] names that size and the fix.
+- No context: ``"fork"`` where the platform has it, whatever multiprocessing's default is
+  (Python 3.14 made ``"forkserver"`` the stdlib's default on Linux; ``fork_pool()`` still forks).
 - ``"spawn"``: every worker is a fresh interpreter; nothing can be shared. A
   [`ForkmemWarning`][forkmem.ForkmemWarning] says so and a plain pool is returned.
 """
@@ -31,10 +35,12 @@ from typing import TYPE_CHECKING, Any
 from forkmem._disable import disabled
 from forkmem._pool import SupervisedPool
 from forkmem._pool_recycle import count_recycle, recycling_setup
+from forkmem._units import format_bytes
 from forkmem._validate import check_bool
 from forkmem.errors import ForkmemWarning, InvalidArgument
 from forkmem.freeze import block, freeze_around_fork
 from forkmem.recycle import RecyclePolicy
+from forkmem.usage import memory
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable
@@ -42,6 +48,9 @@ if TYPE_CHECKING:
 __all__ = ["fork_pool", "process_pool_executor"]
 
 _logger = logging.getLogger("forkmem.pool")
+
+#: Private memory the parent may hold beyond the fork server's before a forkserver pool warns.
+FORKSERVER_GAP_WARN = 32 * 1024 * 1024
 
 #: Module the fork server imports last; importing it freezes the fork server's heap.
 PRELOAD_MODULE = "forkmem._forkserver_preload"
@@ -61,6 +70,11 @@ def _resolve_context(
     context: str | multiprocessing.context.BaseContext | None,
 ) -> multiprocessing.context.BaseContext:
     if context is None:
+        # Fork, not the stdlib's default (forkserver from 3.14), which shares nothing the parent
+        # built. set_start_method() is not consulted: any get_context() call fixes that default
+        # too, so an explicit choice cannot be told from an implicit one.
+        if "fork" in multiprocessing.get_all_start_methods():
+            return multiprocessing.get_context("fork")
         return multiprocessing.get_context()
     if isinstance(context, str):
         try:
@@ -135,6 +149,41 @@ def _prepare_forkserver(warmup: bool) -> None:
             os.environ.pop(_WARMUP_ENV, None)
         else:
             os.environ[_WARMUP_ENV] = previous
+    _warn_unshareable(getattr(server, "_forkserver_pid", None))
+
+
+def _warn_unshareable(server_pid: int | None) -> None:
+    """Warn when the parent holds far more private memory than the fork server it forks from.
+
+    The gap is the heap the parent built that forkserver workers cannot inherit; whatever of it
+    they need is pickled into or rebuilt in every one of them. A few smaps_rollup reads, plus
+    one throwaway child when the parent is big enough to matter: the server forks only once its
+    preloads are done, so its size is read after that child has started.
+    """
+    try:
+        mine = memory().uss
+        if server_pid is None or mine is None or mine < FORKSERVER_GAP_WARN:
+            return
+        probe = multiprocessing.get_context("forkserver").Process(target=os.getpid)
+        probe.start()
+        probe.join()
+        server = memory(server_pid).uss
+    except (OSError, ValueError, NotImplementedError):  # the server is gone; no USS here
+        return
+    if server is None:
+        return
+    gap = mine - server
+    if gap < FORKSERVER_GAP_WARN:
+        return
+    warnings.warn(
+        f"this process holds {format_bytes(gap)} more private memory than the fork server its "
+        "'forkserver' workers are forked from: none of it can be shared with them, and what a "
+        "worker needs of it (initargs, globals it rebuilds) is copied into each one. Use "
+        "context='fork', or build that data in a module named in "
+        "multiprocessing.set_forkserver_preload([...]) before the first pool.",
+        ForkmemWarning,
+        stacklevel=4,
+    )
 
 
 class _ForkmemForkProcess(multiprocessing.context.ForkProcess):
@@ -239,7 +288,9 @@ def fork_pool(
     Takes `multiprocessing.pool.Pool`'s arguments, plus:
 
     - ``context``: a start method name (``"fork"``, ``"forkserver"``, ``"spawn"``) or a
-      multiprocessing context; ``None`` uses multiprocessing's current default.
+      multiprocessing context; ``None`` is ``"fork"`` where the platform has it (also on 3.14,
+      whose stdlib default is ``"forkserver"``; ``multiprocessing.set_start_method()`` is not
+      consulted), else multiprocessing's default.
     - ``unfreeze``: under ``"fork"``, unfreeze the parent once its workers have started (the
       default, LocalExecutor's pattern: the parent's own garbage stays collectable). ``False``
       keeps the parent heap frozen, for parents that will fork again.
