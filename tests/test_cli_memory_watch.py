@@ -177,9 +177,11 @@ def test_children_show_what_they_share_with_their_parent(
 
 
 def test_sort_orders_rows_largest_first(capsys: pytest.CaptureFixture[str]) -> None:
-    buf = touched_map(16 * 1024 * 1024)
     with forked(sleeper) as child:
         assert child.recv() == "ready"
+        # Mapped and written after the fork: 16 MiB private to the parent. (Written before it,
+        # the pages would be shared with the sleeper and in neither one's USS.)
+        buf = touched_map(16 * 1024 * 1024)
         data = _json(capsys, "--tree", "--sort", "uss")
         by_pid = _json(capsys, "--tree", "--sort", "PID")
     uss = [p["uss"] for p in data["processes"]]
