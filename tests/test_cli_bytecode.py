@@ -12,6 +12,8 @@ import pytest
 
 from _bytecode_trees import pyc, snapshot, write
 from forkmem.cli import main
+from forkmem.cli._bytecode import plain_args
+from forkmem.cli._parser import build_parser
 
 pytestmark = pytest.mark.linux_only
 
@@ -163,3 +165,54 @@ def test_default_paths_are_site_packages(capsys: pytest.CaptureFixture[str]) -> 
     data = json.loads(out)
     assert data["paths"] == [os.path.abspath(d) for d in dirs]
     assert code == (0 if data["ok"] else 1)
+
+
+@pytest.mark.parametrize(
+    "paths",
+    [[], ["app"], ["a b", "c"], [""], ["@args", "x=1", "bytecode", "ab-"]],
+)
+def test_a_command_line_of_paths_reads_as_the_parser_reads_it(paths: list[str]) -> None:
+    # `forkmem bytecode PATH...` skips argparse (start-up); its namespace must be argparse's.
+    expected = vars(build_parser("bytecode").parse_args(["bytecode", *paths]))
+    assert vars(plain_args(paths)) == expected
+    assert vars(build_parser().parse_args(["bytecode", *paths])) == expected
+
+
+def test_plain_and_parsed_command_lines_print_the_same(
+    tree: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pyc(tree / "app" / "models.py")
+    plain = run_cli(capsys, str(tree), str(tree / "app" / "models.py"))
+    # "--" sends the same paths through argparse.
+    assert run_cli(capsys, "--", str(tree), str(tree / "app" / "models.py")) == plain
+    assert plain[0] == 1
+    assert "2 missing" in plain[1]
+
+
+def test_the_plain_check_loads_neither_argparse_nor_typing(tree: Path) -> None:
+    # What a fresh `forkmem bytecode TREE` process imports beyond the interpreter's own start-up
+    # (a fully cached tree: listing what is missing may load more, such as shlex).
+    for src in tree.rglob("*.py"):
+        pyc(src)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
+    probe = (
+        "import sys; before = set(sys.modules); from forkmem.cli import main; code = main({});"
+        "print(code, ' '.join(sorted(set(sys.modules) - before)))"
+    )
+    heavy = {"argparse", "typing", "re", "dataclasses", "contextlib", "gettext", "shutil"}
+    for argv in (["bytecode", str(tree)], ["bytecode", "--all", str(tree)]):
+        proc = subprocess.run(
+            [sys.executable, "-c", probe.format(argv)],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        )
+        code, loaded = proc.stdout.splitlines()[-1].split(" ", 1)
+        assert code == "0"
+        if "--all" in argv:
+            assert "argparse" in loaded.split(), "an option goes through the parser"
+        else:
+            assert heavy & set(loaded.split()) == set(), loaded

@@ -11,8 +11,8 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from forkmem import cli
 from forkmem.cli import main
+from forkmem.cli._parser import build_parser
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -21,7 +21,7 @@ pytestmark = pytest.mark.linux_only
 
 
 def _commands() -> list[str]:
-    sub = next(a for a in cli.build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
     # Aliases ("mem") share their command's parser: one name per parser.
     return sorted({id(p): name for name, p in reversed(sub.choices.items())}.values())
 

@@ -1,4 +1,4 @@
-"""The bytecode check's raw row shape, its statuses and its summary text (a leaf).
+"""The bytecode check's statuses, its row fields and its summary text (a leaf).
 
 The check builds plain tuples; the public report types (in `forkmem._bytecode_types`) and
 the CLI both read them, so the CLI prints the summary without the dataclass machinery.
@@ -7,13 +7,17 @@ the CLI both read them, so the CLI prints the summary without the dataclass mach
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING, Literal, Union
 
 from forkmem._units import format_bytes
 
+# The check's path never imports typing (see forkmem._bytecode_scan): the aliases the rows
+# are annotated with live in forkmem._bytecode_types, with the public types.
+TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
     from typing import Protocol
+
+    from forkmem._bytecode_types import BytecodeStatus, Row
 
     class Described(Protocol):
         """What the summary reads of a report (`BytecodeReport` or a scan)."""
@@ -37,16 +41,10 @@ if TYPE_CHECKING:
 __all__ = [
     "STATUSES",
     "UNCACHED",
-    "BytecodeStatus",
     "ROW_FIELDS",
-    "PathLike",
-    "Row",
     "euid",
     "summary",
 ]
-
-BytecodeStatus = Literal["ok", "missing", "stale", "unwritable", "unsafe", "sourceless"]
-"""Status of one module file; see [`BytecodeFile`][forkmem.BytecodeFile]."""
 
 STATUSES: tuple[BytecodeStatus, ...] = (
     "ok",
@@ -58,10 +56,7 @@ STATUSES: tuple[BytecodeStatus, ...] = (
 )
 UNCACHED = frozenset({"missing", "stale", "unwritable", "unsafe"})
 
-PathLike = Union[str, "os.PathLike[str]"]
-
-Row = tuple[str | None, str | None, BytecodeStatus, str, int, str | None, str | None]
-"""One file, in `BytecodeFile`'s field order."""
+# The fields of a Row (forkmem._bytecode_types), in `BytecodeFile`'s order.
 ROW_FIELDS = ("source", "cache", "status", "reason", "size", "module", "invalidation")
 
 

@@ -11,36 +11,71 @@ import os
 import stat
 import sys
 from types import ModuleType
-from typing import TYPE_CHECKING, Literal, NamedTuple
 
 from forkmem import _confine, _pyc
 from forkmem._bytecode_rows import STATUSES, UNCACHED, euid, summary
 from forkmem.errors import InvalidArgument, UnsupportedRuntime
 
+# typing (and the re, functools and contextlib it loads) would be a tenth of a fresh
+# `forkmem bytecode` process; the annotations here are only read by type checkers.
+TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Iterable
+    from typing import Literal
 
-    from forkmem._bytecode_rows import BytecodeStatus, PathLike, Row
+    from forkmem._bytecode_types import BytecodeStatus, PathLike, Row
 
 __all__ = ["Scan", "normalize_paths", "scan", "site_dirs", "tree_root"]
 
 
-class Scan(NamedTuple):
-    """What the check found, as plain tuples; fields as in `BytecodeReport`."""
+class Scan:
+    """What the check found, as plain tuples; fields as in `BytecodeReport`.
 
-    rows: tuple[Row, ...]
-    skipped: tuple[tuple[str | None, str, str], ...]
-    """(module name, path, reason) of each skipped module or path."""
-    problems: tuple[tuple[str, str], ...]
-    """(path, reason) of each path that could not be read."""
-    optimization: int
-    cache_tag: str
-    pycache_prefix: str | None
-    dont_write_bytecode: bool
-    check_source: str
-    scope: Literal["modules", "paths"]
-    paths: tuple[str, ...]
-    counts: dict[str, int]
+    A plain class, not a NamedTuple: see TYPE_CHECKING above.
+    """
+
+    __slots__ = (
+        "cache_tag",
+        "check_source",
+        "counts",
+        "dont_write_bytecode",
+        "optimization",
+        "paths",
+        "problems",
+        "pycache_prefix",
+        "rows",
+        "scope",
+        "skipped",
+    )
+
+    def __init__(
+        self,
+        *,
+        rows: tuple[Row, ...],
+        skipped: tuple[tuple[str | None, str, str], ...],
+        problems: tuple[tuple[str, str], ...],
+        optimization: int,
+        cache_tag: str,
+        pycache_prefix: str | None,
+        dont_write_bytecode: bool,
+        check_source: str,
+        scope: Literal["modules", "paths"],
+        paths: tuple[str, ...],
+        counts: dict[str, int],
+    ) -> None:
+        self.rows = rows
+        self.skipped = skipped
+        """(module name, path, reason) of each skipped module or path."""
+        self.problems = problems
+        """(path, reason) of each path that could not be read."""
+        self.optimization = optimization
+        self.cache_tag = cache_tag
+        self.pycache_prefix = pycache_prefix
+        self.dont_write_bytecode = dont_write_bytecode
+        self.check_source = check_source
+        self.scope = scope
+        self.paths = paths
+        self.counts = counts
 
     @property
     def ok(self) -> bool:

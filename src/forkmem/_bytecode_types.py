@@ -2,19 +2,11 @@
 
 from __future__ import annotations
 
+import os  # noqa: TC003 (PathLike's forward reference is resolved in this module)
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, Union
 
-from forkmem._bytecode_rows import (
-    ROW_FIELDS,
-    STATUSES,
-    UNCACHED,
-    BytecodeStatus,
-    PathLike,
-    Row,
-    euid,
-    summary,
-)
+from forkmem._bytecode_rows import ROW_FIELDS, STATUSES, UNCACHED, euid, summary
 from forkmem.errors import InvalidArgument
 
 if TYPE_CHECKING:
@@ -33,6 +25,14 @@ __all__ = [
     "SkippedModule",
     "euid",
 ]
+
+BytecodeStatus = Literal["ok", "missing", "stale", "unwritable", "unsafe", "sourceless"]
+"""Status of one module file; see [`BytecodeFile`][forkmem.BytecodeFile]."""
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+Row = tuple[str | None, str | None, BytecodeStatus, str, int, str | None, str | None]
+"""One file, in `BytecodeFile`'s field order (the check's plain rows)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,12 +18,13 @@ import os
 import stat
 import struct
 import sys
-from typing import TYPE_CHECKING, Any
 
 from forkmem._pycbuild import file_kind, read_source
 
+TYPE_CHECKING = False  # typing stays off the check's path (see forkmem._bytecode_scan)
 if TYPE_CHECKING:
     from collections.abc import Iterable, Iterator
+    from typing import Any
 
 __all__: list[str] = []
 

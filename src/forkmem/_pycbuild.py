@@ -25,7 +25,10 @@ import stat
 import struct
 import sys
 import warnings
-from typing import Any
+
+TYPE_CHECKING = False  # typing stays off the check's path (see forkmem._bytecode_scan)
+if TYPE_CHECKING:
+    from typing import Any
 
 __all__: list[str] = []
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import re
-
 from forkmem.errors import InvalidArgument
 
 __all__ = ["format_bytes", "parse_size"]
@@ -24,7 +22,7 @@ _UNITS = {
     "tb": 1000**4,
     "tib": 1024**4,
 }
-_SIZE_RE = re.compile(r"^\s*([0-9]+(?:\.[0-9]*)?|\.[0-9]+)\s*([a-zA-Z]*)\s*$")
+_SIZE_RE = r"^\s*([0-9]+(?:\.[0-9]*)?|\.[0-9]+)\s*([a-zA-Z]*)\s*$"
 
 
 def parse_size(value: str | int | float) -> int:
@@ -45,7 +43,11 @@ def parse_size(value: str | int | float) -> int:
         raise InvalidArgument(
             f"a size must be a number of bytes or a string like '5 MiB', not {type(value).__name__}"
         )
-    match = _SIZE_RE.match(value)
+    # Lazy: format_bytes() is on `forkmem bytecode`'s path, which never needs re (~5 ms of a
+    # fresh process with the enum it loads); re caches the compiled pattern.
+    import re
+
+    match = re.match(_SIZE_RE, value)
     unit = match.group(2).lower() if match else None
     if match is None or unit not in _UNITS:
         raise InvalidArgument(

@@ -1,8 +1,9 @@
 """The ``forkmem`` command line.
 
 Each sub-command lives in its own module with a ``register(subparsers)`` function that adds
-its parser and sets ``func`` (``args -> exit code``). Exit codes: 0 fine, 1 a check found a
-problem, 2 usage or input error, 3 an internal error (a bug in forkmem), 130 interrupted.
+its parser and sets ``func`` (``args -> exit code``); `forkmem.cli._parser` builds the parser.
+Exit codes: 0 fine, 1 a check found a problem, 2 usage or input error, 3 an internal error (a
+bug in forkmem), 130 interrupted.
 
 Errors are reported here, once for every command: a line on stderr, or with ``--json`` one
 JSON object on stdout, ``{"error": {"type": ..., "message": ..., "exit_code": ...}}``.
@@ -10,86 +11,25 @@ JSON object on stdout, ``{"error": {"type": ..., "message": ..., "exit_code": ..
 
 from __future__ import annotations
 
-import argparse
 import codecs
-import contextlib
-import importlib
 import os
 import sys
 
-from forkmem._version import __version__
 from forkmem.errors import AccessDenied, ForkmemError
 
 TYPE_CHECKING = False  # importing typing would cost every command's start-up a few ms
 if TYPE_CHECKING:
+    import argparse
     from collections.abc import Sequence
-    from typing import Any, NoReturn
+    from types import SimpleNamespace
+    from typing import Any
 
 __all__ = ["main"]
-
-# One module per sub-command, in the order `forkmem --help` lists them.
-_COMMANDS = (
-    "forkmem.cli._demo",
-    "forkmem.cli._memory",
-    "forkmem.cli._watch",
-    "forkmem.cli._export",
-    "forkmem.cli._bytecode",
-    "forkmem.cli._doctor",
-)
 
 EXIT_PROBLEM = 1
 EXIT_USAGE = 2
 EXIT_INTERNAL = 3
 EXIT_INTERRUPTED = 130
-
-
-class UsageError(Exception):
-    """A command line argparse rejected; carries the parser whose usage applies."""
-
-    def __init__(self, message: str, parser: argparse.ArgumentParser) -> None:
-        super().__init__(message)
-        self.parser = parser
-
-
-class _Parser(argparse.ArgumentParser):
-    # argparse prints and exits on a bad command line; raising instead lets main() report it
-    # in the one error format (sub-parsers are built with this class too).
-    def error(self, message: str) -> NoReturn:
-        raise UsageError(message, self)
-
-
-def build_parser(command: str | None = None) -> argparse.ArgumentParser:
-    """Return the argument parser (used by ``main`` and by the docs).
-
-    With ``command`` (a sub-command's name), only that sub-command's module is imported and
-    registered: ``forkmem bytecode`` starts without loading what ``forkmem demo`` needs.
-    """
-    parser = _Parser(
-        prog="forkmem",
-        description="Keep forked workers' memory shared, and measure it.",
-    )
-    parser.add_argument("--version", action="version", version=f"forkmem {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for name in _COMMANDS:
-        if command is None or name.rpartition("._")[2] == command:
-            importlib.import_module(name).register(sub)
-    for parser_ in set(sub.choices.values()):
-        # Every command takes --json, if only for its errors (see main).
-        if "--json" not in parser_._option_string_actions:
-            parser_.add_argument(
-                "--json", action="store_true", help="report errors as one JSON object on stdout"
-            )
-    return parser
-
-
-def _command_of(argv: list[str]) -> str | None:
-    """The sub-command named on the command line, if it is one (else every one is loaded)."""
-    for word in argv:
-        if not word.startswith("-"):
-            return word if any(n.rpartition("._")[2] == word for n in _COMMANDS) else None
-        if word == "--":
-            return None
-    return None
 
 
 def _path_safe(exc: UnicodeError) -> tuple[str | bytes, int]:
@@ -110,9 +50,11 @@ def _tolerant_stdout() -> None:
     """Make stdout print every file name instead of raising UnicodeEncodeError (exit 1)."""
     reconfigure = getattr(sys.stdout, "reconfigure", None)
     if reconfigure is not None:
-        # A closed or detached stream has nothing to protect.
-        with contextlib.suppress(ValueError, OSError):
+        # Not contextlib.suppress: contextlib (with functools, collections) costs ~2 ms.
+        try:  # noqa: SIM105
             reconfigure(errors=_ERRORS)
+        except (ValueError, OSError):
+            pass  # a closed or detached stream has nothing to protect
 
 
 def _wants_json(argv: Sequence[str]) -> bool:
@@ -142,13 +84,34 @@ def _report(kind: str, message: str, code: int, *, as_json: bool) -> int:
     return code
 
 
+def _plain_check(argv: list[str]) -> SimpleNamespace | None:
+    """The arguments of ``forkmem bytecode [PATH ...]``, a command line without any option.
+
+    That plain check is what a Dockerfile ``RUN`` or a CI step runs, each time in a fresh
+    process: reading its words here spares it argparse and the help formatter it builds
+    (with re, gettext and shutil, about a sixth of that process's CPU). A word that starts
+    with ``-`` (an option, ``--``, a negative number) goes through the parser as before.
+    """
+    if argv[:1] != ["bytecode"] or any(word.startswith("-") for word in argv[1:]):
+        return None
+    # Lazy: the other commands do not pay for loading the check.
+    from forkmem.cli._bytecode import plain_args
+
+    return plain_args(argv[1:])
+
+
 def _dispatch(argv: list[str], as_json: bool) -> int:
-    try:
-        args = build_parser(_command_of(argv)).parse_args(argv)
-    except UsageError as exc:
-        if not as_json:
-            exc.parser.print_usage(sys.stderr)
-        return _report("UsageError", str(exc), EXIT_USAGE, as_json=as_json)
+    args: argparse.Namespace | SimpleNamespace | None = _plain_check(argv)
+    if args is None:
+        # Lazy: argparse loads only for a command line that needs it (see _plain_check).
+        from forkmem.cli import _parser
+
+        try:
+            args = _parser.build_parser(_parser.command_of(argv)).parse_args(argv)
+        except _parser.UsageError as exc:
+            if not as_json:
+                exc.parser.print_usage(sys.stderr)
+            return _report("UsageError", str(exc), EXIT_USAGE, as_json=as_json)
     as_json = bool(getattr(args, "json", as_json))
     try:
         code: int = args.func(args)

@@ -8,18 +8,35 @@ check or a CI step.
 from __future__ import annotations
 
 import sys
-from typing import TYPE_CHECKING, Any
+from types import SimpleNamespace
 
 from forkmem._bytecode_scan import scan, site_dirs
 from forkmem._units import format_bytes
 from forkmem.errors import InvalidArgument
 
+TYPE_CHECKING = False  # typing stays off the check's path (a fresh process's start-up)
 if TYPE_CHECKING:
     import argparse
+    from typing import Any
 
     from forkmem._bytecode_scan import Scan
 
 _LIST_LIMIT = 20
+# Every option's value when it is not given: register() hands them to argparse, plain_args()
+# to a command line that names only paths.
+_DEFAULTS = {
+    "json": False,
+    "fix": False,
+    "cost": False,
+    "workers": 0,
+    "optimize": None,
+    "all": False,
+}
+
+
+def plain_args(paths: list[str]) -> SimpleNamespace:
+    """What the parser makes of ``forkmem bytecode [PATH ...]`` (no option), without argparse."""
+    return SimpleNamespace(command="bytecode", paths=list(paths), **_DEFAULTS, func=run)
 
 
 def register(sub: Any) -> None:
@@ -51,7 +68,6 @@ def register(sub: Any) -> None:
     parser.add_argument(
         "--workers",
         type=int,
-        default=0,
         metavar="N",
         help="with --fix: compile in N subprocesses (default 0: in this process)",
     )
@@ -59,7 +75,6 @@ def register(sub: Any) -> None:
         "--optimize",
         type=int,
         choices=(0, 1, 2),
-        default=None,
         metavar="LEVEL",
         help="check the pycs of this optimization level: 0, 1 (opt-1), 2 (opt-2); "
         "default: this interpreter's (-O)",
@@ -67,10 +82,10 @@ def register(sub: Any) -> None:
     parser.add_argument(
         "--all", action="store_true", help=f"list every uncached file, not just {_LIST_LIMIT}"
     )
-    parser.set_defaults(func=run)
+    parser.set_defaults(**_DEFAULTS, func=run)
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace | SimpleNamespace) -> int:
     # The plain check prints from the scan's rows: the report types (dataclasses) and the
     # compiler load only for --json, --fix and --cost.
     if args.workers < 0:
@@ -105,7 +120,9 @@ def run(args: argparse.Namespace) -> int:
     return 0 if found.ok else 1
 
 
-def _print_human(found: Scan, fix: Any, cost: Any, args: argparse.Namespace) -> None:
+def _print_human(
+    found: Scan, fix: Any, cost: Any, args: argparse.Namespace | SimpleNamespace
+) -> None:
     w = sys.stdout.write
     if fix is not None:
         w(f"--fix: {fix.summary()}\n")
