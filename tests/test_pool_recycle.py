@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import time
 from typing import TYPE_CHECKING
 
@@ -15,6 +16,7 @@ from forkmem.pool import fork_pool
 from forkmem.recycle import RecycleStats, recycle_stats
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
     from pathlib import Path
 
 pytestmark = [pytest.mark.linux_only, pytest.mark.timeout(120)]
@@ -36,6 +38,11 @@ def _healthy(i: int) -> tuple[int, int]:
     return i, os.getpid()
 
 
+def _leak_mib(n: int) -> int:
+    _LEAK.append(os.urandom(n * MiB))
+    return forkmem.memory().uss
+
+
 def _private(_: object = None) -> int:
     return forkmem.memory().uss
 
@@ -50,29 +57,65 @@ def _pool_recycles(before: RecycleStats) -> int:
     return recycle_stats().by_integration.get("pool", 0) - before.by_integration.get("pool", 0)
 
 
-def test_leaking_workers_are_recycled_and_no_result_is_lost(tmp_path: Path) -> None:
-    limit = _limit()
-    before = recycle_stats()
-    # The workers log the decision; a file handler they inherit collects their lines.
-    log_file = tmp_path / "recycle.log"
-    handler = logging.FileHandler(log_file)
-    logger = logging.getLogger("forkmem")
+class _SlowHandler(logging.FileHandler):
+    """Writes each line, then holds the logging thread for ``pause`` seconds.
+
+    A worker's recycle decision is logged, then sent to the parent: the pause widens that gap so
+    that a worker leaving while its sampler is still inside it (the loss this file tests) happens
+    on every run, not only on a loaded machine.
+    """
+
+    def __init__(self, path: Path, pause: float) -> None:
+        super().__init__(path)
+        self.pause = pause
+
+    def emit(self, record: logging.LogRecord) -> None:
+        super().emit(record)
+        time.sleep(self.pause)
+
+
+class _RecycleLog:
+    """The recycle lines the pool's workers log (they inherit the handler through the fork)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def lines(self) -> list[str]:
+        text = self.path.read_text() if self.path.exists() else ""
+        return [line for line in text.splitlines() if "recycling pool worker" in line]
+
+    def pids(self) -> list[int]:
+        return [int(re.search(r"pid (\d+)", line)[1]) for line in self.lines()]  # type: ignore[index]
+
+
+@pytest.fixture
+def recycle_log(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[_RecycleLog]:
+    pause = getattr(request, "param", 0.0)
+    path = tmp_path / "recycle.log"
+    handler = _SlowHandler(path, pause)
+    logger = logging.getLogger("forkmem.recycle")
     logger.addHandler(handler)
     try:
-        pool = fork_pool(2, context="fork", max_private_memory=limit)
-        results = [pool.apply_async(_leaky, (i,)) for i in range(1000)]
-        values = [r.get(timeout=60) for r in results]
-        # Workers sample at 1% of a CPU: on a loaded machine a slow sample puts the next one
-        # seconds later, after the last task. A worker over the limit is recycled idle too:
-        # wait for that (the parent counts it), not for the burst to outlast the sampler.
-        deadline = time.monotonic() + 60
-        while _pool_recycles(before) < 2 and time.monotonic() < deadline:
-            time.sleep(0.05)
-        pool.close()
-        pool.join()
+        yield _RecycleLog(path)
     finally:
         logger.removeHandler(handler)
         handler.close()
+
+
+def test_leaking_workers_are_recycled_and_no_result_is_lost(recycle_log: _RecycleLog) -> None:
+    limit = _limit()
+    before = recycle_stats()
+    pool = fork_pool(2, context="fork", max_private_memory=limit)
+    results = [pool.apply_async(_leaky, (i,)) for i in range(1000)]
+    values = [r.get(timeout=60) for r in results]
+    # Workers sample at 1% of a CPU: on a loaded machine a slow sample puts the next one
+    # seconds later, after the last task. A worker over the limit is recycled idle too:
+    # wait for that (the parent counts it), not for the burst to outlast the sampler.
+    deadline = time.monotonic() + 60
+    while _pool_recycles(before) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    pool.close()
+    pool.join()
     assert [v[0] for v in values] == list(range(1000))  # every result, in order, none lost
     pids = {v[1] for v in values}
     after = recycle_stats()
@@ -86,12 +129,58 @@ def test_leaking_workers_are_recycled_and_no_result_is_lost(tmp_path: Path) -> N
     assert after.last.value > limit == after.last.limit, (limit, after.last)
     assert after.last.samples == 2, after.last
     assert after.last.served > 0, after.last
-    lines = [line for line in log_file.read_text().splitlines() if "recycling pool worker" in line]
-    # A worker may still decide while the pool shuts down, after the parent stopped listening.
-    assert recycled <= len(lines) <= recycled + 2, lines
+    # Every decision a worker logged reached the parent, including one made as the pool closed;
+    # each came from a worker that served tasks, once.
+    lines = recycle_log.lines()
+    assert len(lines) == recycled, (recycled, lines)
+    assert set(recycle_log.pids()) <= pids, (recycle_log.pids(), sorted(pids))
+    assert len(set(recycle_log.pids())) == len(lines), lines
     assert "uss" in lines[0]
     assert "served" in lines[0]
     assert "age" in lines[0]
+
+
+@pytest.mark.parametrize("recycle_log", [0.5], indirect=True)
+def test_a_worker_that_leaves_while_logging_its_decision_is_counted(
+    recycle_log: _RecycleLog,
+) -> None:
+    # The worker's main thread sees the decision (it leaves after its task) while the sampler
+    # thread still sits in the log call; the notice to the parent must not die with the worker.
+    limit = _limit()
+    before = recycle_stats()
+    pool = fork_pool(2, context="fork", max_private_memory=limit)
+    try:
+        values = pool.map(_leaky, range(600), chunksize=1)
+        deadline = time.monotonic() + 60  # a slow sampler may decide only once they are idle
+        while _pool_recycles(before) < 1 and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        # close(), not terminate() (the with block's exit): terminate() kills the workers.
+        pool.close()
+        pool.join()
+    recycled = _pool_recycles(before)
+    assert [v[0] for v in values] == list(range(600))
+    assert recycled >= 1, recycled  # 150 MiB leaked over the two workers
+    assert len(recycle_log.lines()) == recycled, (recycled, recycle_log.lines())
+
+
+@pytest.mark.parametrize("recycle_log", [2.0], indirect=True)
+def test_a_decision_made_as_the_pool_closes_is_counted(recycle_log: _RecycleLog) -> None:
+    limit = _limit()
+    before = recycle_stats()
+    pool = fork_pool(1, context="fork", max_private_memory=limit)
+    try:
+        assert pool.apply(_leak_mib, (48,)) > limit  # then idle, over the limit
+        # Close as soon as the worker has logged its decision, while its sampler is still in
+        # the log call (2 s): the pool's stop message reaches a worker that has not yet said so.
+        deadline = time.monotonic() + 60
+        while not recycle_log.lines() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert recycle_log.lines(), "the worker never decided"
+    finally:
+        pool.close()
+        pool.join()
+    assert _pool_recycles(before) == len(recycle_log.lines()) == 1, recycle_log.lines()
 
 
 def test_healthy_workers_are_not_recycled() -> None:
