@@ -7,6 +7,8 @@ Run:  python benchmarks/bytecode.py [--copies N] [--modules N] [--repeat N] [--j
    (>= 5,000 files), fully compiled, so ``compileall`` has nothing to do: both tools only look
    at every file and its pyc. Side by side, as fresh processes (what a Dockerfile ``RUN`` or a
    CI step pays) and in-process (``compileall.compile_dir`` vs ``forkmem.check_bytecode``).
+   The fresh forkmem process runs as ``python -m forkmem`` and as the installed ``forkmem``
+   script would (whose wrapper imports ``re`` first).
 2. Loaded modules: a child process imports 2,000 generated modules plus the standard library
    and times ``forkmem.check_bytecode()`` (no argument: every module in ``sys.modules``),
    next to the floor of the same system calls done in a bare loop.
@@ -88,6 +90,13 @@ def build_tree(root: Path, copies: int) -> int:
     report = check_bytecode(paths=[root])
     assert report.ok, report.summary()
     return len(report.files)
+
+
+# What the console script pip generates for `forkmem = "forkmem.cli:main"` does.
+_SCRIPT = (
+    "import re, sys; from forkmem.cli import main; "
+    "sys.argv[0] = re.sub(r'(-script\\.pyw|\\.exe)?$', '', sys.argv[0]); sys.exit(main())"
+)
 
 
 def timed_runs(
@@ -235,13 +244,16 @@ def main() -> int:
             {
                 "compileall": [py, "-m", "compileall", "-q", str(tree)],
                 "forkmem": [py, "-m", "forkmem", "bytecode", str(tree)],
+                # What the installed `forkmem` script runs: the wrapper pip writes imports re
+                # (for sys.argv[0]) before forkmem's main().
+                "script": [py, "-c", _SCRIPT, "bytecode", str(tree)],
                 "bare": [py, "-c", "pass"],
                 "help": [py, "-m", "forkmem", "bytecode", "--help"],
             },
             args.repeat,
         )
-        ca_cli, fm_cli, bare, cli_import = (
-            runs[k] for k in ("compileall", "forkmem", "bare", "help")
+        ca_cli, fm_cli, fm_script, bare, cli_import = (
+            runs[k] for k in ("compileall", "forkmem", "script", "bare", "help")
         )
         import compileall
 
@@ -255,6 +267,7 @@ def main() -> int:
         "tree_files": files,
         "compileall_cli": {"wall_s": ca_cli[0], "cpu_s": ca_cli[1]},
         "forkmem_cli": {"wall_s": fm_cli[0], "cpu_s": fm_cli[1]},
+        "forkmem_script": {"wall_s": fm_script[0], "cpu_s": fm_script[1]},
         "compileall_lib": {"wall_s": ca_lib[0], "cpu_s": ca_lib[1]},
         "forkmem_lib": {"wall_s": fm_lib[0], "cpu_s": fm_lib[1]},
         "python_startup": {"wall_s": bare[0], "cpu_s": bare[1]},
@@ -277,7 +290,11 @@ def main() -> int:
         ("in process, wall (compile_dir / check)", ca_lib[0], fm_lib[0]),
         ("in process, CPU", ca_lib[1], fm_lib[1]),
     ]
-    for label, base, ours in rows:
+    script_rows = [
+        ("  as the installed script, wall", ca_cli[0], fm_script[0]),
+        ("  as the installed script, CPU", ca_cli[1], fm_script[1]),
+    ]
+    for label, base, ours in rows[:2] + script_rows + rows[2:]:
         print(
             f"{label:44}{ms(base):>12}{ms(ours):>12}{ratio(base, ours):>8}"
             f"   {spread(base)} / {spread(ours)}"
