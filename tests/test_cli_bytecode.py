@@ -196,9 +196,10 @@ def test_the_plain_check_loads_neither_argparse_nor_typing(tree: Path) -> None:
         pyc(src)
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
+    # importlib.util is what `python -m` itself loads before forkmem (on 3.10 with contextlib).
     probe = (
-        "import sys; before = set(sys.modules); from forkmem.cli import main; code = main({});"
-        "print(code, ' '.join(sorted(set(sys.modules) - before)))"
+        "import importlib.util, sys; before = set(sys.modules); from forkmem.cli import main;"
+        "code = main({}); print(code, ' '.join(sorted(set(sys.modules) - before)))"
     )
     heavy = {"argparse", "typing", "re", "dataclasses", "contextlib", "gettext", "shutil"}
     for argv in (["bytecode", str(tree)], ["bytecode", "--all", str(tree)]):
