@@ -8,6 +8,7 @@ tasks return the pid of the child that ran them and its private memory after ``g
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -140,6 +141,41 @@ def test_without_forkmem_children_copy_the_heap(tmp_path: Path) -> None:
         report = client.send_task("celery_app.private_after_collect").get(timeout=30, interval=0.1)
     assert report["uss"] > 0.30 * report["heap_bytes"], report
     assert "forkmem: froze" not in log.read_text()
+
+
+_PDEATHSIG_PROBE = """
+import json, signal, sys
+import billiard.util
+from forkmem.integrations._billiard_warm import warm_pdeathsig_parser
+from forkmem.testing import run_in_child
+
+def child():
+    before = set(sys.modules)
+    billiard.util.set_pdeathsig(signal.SIGKILL)  # what Celery's child initializer calls
+    return sorted(set(sys.modules) - before)
+
+cold = run_in_child(child)
+warmed = warm_pdeathsig_parser()
+warm = run_in_child(child)
+print(json.dumps([cold.value, cold.copied, warmed, warm.value, warm.copied]))
+"""
+
+
+def test_billiard_child_initializer_builds_no_c_parser_once_warmed() -> None:
+    # With cffi installed (cryptography requires it: the Airflow env has it), billiard declares
+    # prctl through cffi in every child, and the first declaration builds cffi's C parser.
+    pytest.importorskip("cffi")
+    # A fresh interpreter: this one may have built the parser already.
+    out = subprocess.run(
+        [sys.executable, "-c", _PDEATHSIG_PROBE], capture_output=True, text=True, timeout=60
+    )
+    assert out.returncode == 0, out.stderr
+    cold, cold_copied, warmed, warm, warm_copied = json.loads(out.stdout)
+    assert "pycparser" in cold, cold  # the cost this guards against is real here
+    assert warmed is True
+    assert warm == [], warm  # nothing imported in the child once the parent parsed it
+    # Measured 4.3 -> 1.4 MiB (3.12) and 7.6 -> 1.6 MiB (3.14) of private dirty growth.
+    assert warm_copied < cold_copied / 2, (cold_copied / MiB, warm_copied / MiB)
 
 
 @pytest.mark.parametrize(

@@ -4,7 +4,9 @@
 
 - ``celeryd_after_setup`` (the worker's main process, after the app is finalized and the task
   modules imported, just before the bootsteps start the pool and fork its children): a full
-  collection, then ``gc.freeze()``, once. ``worker_before_create_process`` (sent by the prefork
+  collection, then ``gc.freeze()``, once; before it, what billiard's child initializer would
+  otherwise build in every child (cffi's C parser, when cffi is installed).
+  ``worker_before_create_process`` (sent by the prefork
   pool before each child) does the same if the first signal never came (a worker started
   without the ``celery worker`` command).
 - ``worker_process_init`` (in each new child): forkmem's "after_in_child" hooks, if the fork did
@@ -29,6 +31,7 @@ from forkmem._exporter import Exporter, parse_listen
 from forkmem._sampler import Sampler
 from forkmem.errors import InvalidArgument
 from forkmem.integrations import _celery_recycle as _recycle
+from forkmem.integrations._billiard_warm import warm_pdeathsig_parser
 from forkmem.integrations._common import ensure_child_hooks, start_metrics, warn_missing_bytecode
 from forkmem.integrations._options import WorkerOptions
 from forkmem.recycle import RecyclePolicy
@@ -130,6 +133,8 @@ def _freeze_once(options: WorkerOptions) -> None:
     from forkmem.freeze import prepare
 
     warn_missing_bytecode()
+    # Before the freeze: with cffi installed, each child would otherwise build cffi's C parser.
+    warm_pdeathsig_parser()
     report = prepare(warmup=options.warmup, immortalize=bool(options.immortalize))
     _frozen_with = options
     _logger.info(
