@@ -150,6 +150,74 @@ def test_settle_closes_django_connections(tmp_path: Path) -> None:
     assert result == {"was_open": True, "now": True, "closed": ["django"]}
 
 
+def _open_paths(prefix: str) -> list[str]:
+    found = []
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith(prefix):
+            found.append(target)
+    return found
+
+
+def test_settle_closes_sqlalchemy_sessions_and_engines_then_workers_use_their_own(
+    tmp_path: Path,
+) -> None:
+    pytest.importorskip("sqlalchemy")
+
+    def child() -> dict[str, Any]:
+        from sqlalchemy import create_engine, text
+        from sqlalchemy.orm import Session
+
+        db = tmp_path / "db.sqlite3"
+        engine = create_engine(f"sqlite:///{db}")
+        with engine.begin() as conn:
+            conn.execute(text("create table t (pid integer)"))
+        before = snapshot()
+        # A session left in its transaction (its connection checked out) and a pooled one.
+        left_open = Session(engine)
+        left_open.execute(text("select count(*) from t"))
+        with engine.connect() as conn:
+            conn.execute(text("select 1"))
+        held = len(_open_paths(str(db)))
+        settled = settle(before, what="test")
+        after = _open_paths(str(db))
+        # Real workers forked now each open their own connection and write through it.
+        pids = []
+        for _ in range(3):
+            pid = os.fork()
+            if pid == 0:
+                code = 1
+                try:
+                    with engine.begin() as conn:
+                        conn.execute(text("insert into t values (:p)"), {"p": os.getpid()})
+                    code = 0
+                finally:
+                    os._exit(code)
+            pids.append(pid)
+        codes = [os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) for pid in pids]
+        with engine.connect() as conn:
+            written = sorted(conn.execute(text("select pid from t")).scalars())
+        return {
+            "held": held,
+            "after": after,
+            "closed": list(settled.databases_closed),
+            "checked_out": engine.pool.checkedout(),
+            "codes": codes,
+            "written": written == sorted(pids),
+        }
+
+    result = run_forked(child)
+    assert result["held"] >= 2, result  # the session's connection and the pooled one
+    assert result["after"] == [], result
+    assert result["closed"] == ["sqlalchemy (1 engine(s))"], result
+    assert result["checked_out"] == 0
+    assert result["codes"] == [0, 0, 0]
+    assert result["written"]
+
+
 @pytest.mark.parametrize(
     ("value", "expected"), [("1", True), ("yes", True), ("0", False), ("", False)]
 )

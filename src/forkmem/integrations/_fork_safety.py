@@ -90,8 +90,8 @@ def snapshot() -> Snapshot:
 
 
 def close_databases() -> list[str]:
-    """Close Django's connections and dispose SQLAlchemy engines, if the app imported them;
-    the names of what was closed."""
+    """Close Django's connections, SQLAlchemy's ORM sessions and engines (``dispose()``), if the
+    app imported them; the names of what was closed."""
     closed: list[str] = []
     django_db = sys.modules.get("django.db")
     connections = getattr(django_db, "connections", None)
@@ -101,6 +101,15 @@ def close_databases() -> list[str]:
             closed.append("django")
         except Exception:
             _logger.warning("forkmem: closing Django's connections failed", exc_info=True)
+    # A session still in a transaction holds its connection checked out, and dispose() leaves
+    # checked-out connections open: close the ORM's sessions first (their objects are detached,
+    # the sessions stay usable).
+    close_sessions = getattr(sys.modules.get("sqlalchemy.orm"), "close_all_sessions", None)
+    if callable(close_sessions):
+        try:
+            close_sessions()
+        except Exception:
+            _logger.warning("forkmem: closing SQLAlchemy's sessions failed", exc_info=True)
     engine_type = getattr(sys.modules.get("sqlalchemy.engine"), "Engine", None)
     if isinstance(engine_type, type):
         engines: list[Any] = [obj for obj in gc.get_objects() if isinstance(obj, engine_type)]
