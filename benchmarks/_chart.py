@@ -13,8 +13,11 @@ if TYPE_CHECKING:
     from collections.abc import Sequence
 
 OUT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs", "images")
-# The baseline comes first, in grey; eight colours cover the longest variant list (gunicorn).
-COLORS = ("#9e9e9e", "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2")
+# The baseline comes first, in grey; ten colours cover the longest variant list (gunicorn).
+COLORS = (
+    "#9e9e9e", "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728",
+    "#9467bd", "#8c564b", "#e377c2", "#bcbd22", "#17becf",
+)  # fmt: skip
 
 
 def _pyplot():  # type: ignore[no-untyped-def]

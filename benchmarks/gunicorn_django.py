@@ -14,9 +14,15 @@ from outside (``forkmem.memory``, after the load) and the whole tree (``forkmem.
 - ``rehearse-quiet``: ``rehearse`` without the per-worker memory sampler (its thread's stack and
   malloc arena are private to each worker).
 - ``refork``: the default plus ``refork_after=N``: a worker warmed by real traffic forks the rest.
+- ``rehearse-refork``: ``rehearse`` and ``refork_after=N`` together.
+- ``refork-lazy``: ``refork`` without ``--preload``: the master never imports the app, so the
+  mold's heap is the only copy of it (with ``--preload`` the master keeps the original of every
+  page the mold wrote, private to the master once its own workers are gone).
 
 Printed per variant: worker private memory (USS) median and max, tree PSS, requests/s and failed
-requests (non-2xx/3xx answers and socket errors, from wrk), with ratios against ``stock``.
+requests (non-2xx/3xx answers and socket errors, from wrk), with ratios against ``stock``; then
+where the tree PSS is: the master's, the mold's (refork) and the workers' PSS, and the master's
+and mold's USS.
 
     python benchmarks/gunicorn_django.py [--app django|flask] [--seconds 10] [--variants ...]
 """
@@ -24,7 +30,6 @@ requests (non-2xx/3xx answers and socket errors, from wrk), with ratios against 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import re
 import socket
@@ -49,7 +54,7 @@ EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
 APPS = {
     "django": ("django_site:application", ["/", "/admin/login/"]),
-    "flask": ("flask_site:app", ["/", "/api/items"]),
+    "flask": ("flask_site:app", ["/", "/posts/post-3", "/tags/python", "/api/posts"]),
 }
 
 VARIANTS: dict[str, str | None] = {
@@ -61,7 +66,11 @@ VARIANTS: dict[str, str | None] = {
     "rehearse": "configure(rehearse={paths!r})",
     "rehearse-quiet": "configure(rehearse={paths!r}, sample_memory=False)",
     "refork": "configure(refork_after={refork_after})",
+    "rehearse-refork": "configure(rehearse={paths!r}, refork_after={refork_after})",
+    "refork-lazy": "configure(refork_after={refork_after})",
 }
+# Variants whose master does not preload the app: the mold is the first process that imports it.
+LAZY = {"refork-lazy"}
 
 WRK_SCRIPT = """\
 local paths = {{{paths}}}
@@ -81,6 +90,8 @@ class Result:
     rps: float
     requests: int
     failed: int
+    # role -> (PSS, USS) summed over its processes: "master", "mold", "workers"
+    roles: dict[str, tuple[int, int]]
 
 
 def free_port() -> int:
@@ -150,6 +161,8 @@ def run_variant(name: str, args: argparse.Namespace, folder: Path, env: dict[str
         "--workers", str(args.workers), "--worker-class", "sync",
         "--bind", f"127.0.0.1:{port}", "--chdir", str(EXAMPLES), target,
     ]  # fmt: skip
+    if name in LAZY:
+        command.remove("--preload")
     if args.max_requests:
         command[-1:-1] = ["--max-requests", str(args.max_requests)]
     script = folder / "paths.lua"
@@ -166,20 +179,46 @@ def run_variant(name: str, args: argparse.Namespace, folder: Path, env: dict[str
             capture_output=True, text=True, check=True, timeout=args.seconds + 60,
         )  # fmt: skip
         rps, requests, failed = parse_wrk(wrk.stdout)
-        time.sleep(2.0)  # let the last answers finish and a refork settle
+        time.sleep(2.0)  # let the last answers finish
+        if "refork" in name:
+            settle_refork(proc.pid, log, args.workers)
         # A mold (refork) forks workers and serves nothing: the tree counts it, the workers don't.
-        molds = {
-            int(pid) for pid in re.findall(r"worker pid (\d+) is the mold now", log.read_text())
-        }
-        pids = [pid for pid in workers_of(proc.pid) if pid not in molds]
-        uss = []
-        for pid in pids:
-            with contextlib.suppress(forkmem.NoSuchProcess):
-                uss.append(forkmem.memory(pid).uss)
+        molds = set(re.findall(r"worker pid (\d+) is the mold now", log.read_text()))
+        roles = {"master": [proc.pid], "mold": [], "workers": []}
+        for pid in workers_of(proc.pid):
+            roles["mold" if str(pid) in molds else "workers"].append(pid)
+        usage = {role: [measure(pid) for pid in pids] for role, pids in roles.items()}
         tree = forkmem.memory_tree(proc.pid).total_pss or 0
     finally:
         stop(proc)
-    return Result(name, uss, tree, rps, requests, failed)
+    uss = [m.uss for m in usage["workers"] if m is not None]
+    totals = {
+        role: (sum(m.pss or 0 for m in found if m), sum(m.uss for m in found if m))
+        for role, found in usage.items()
+    }
+    return Result(name, uss, tree, rps, requests, failed, totals)
+
+
+def settle_refork(master: int, log: Path, workers: int, timeout: float = 30) -> None:
+    """Wait until the mold has replaced every worker the master forked (they are replaced one
+    at a time, without load too), so that the figures are the reforked tree's."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        text = log.read_text()
+        molds = set(re.findall(r"worker pid (\d+) is the mold now", text))
+        forked = set(re.findall(r"Booting worker with pid: (\d+) \(forked by the mold\)", text))
+        children = {str(pid) for pid in workers_of(master)} - molds
+        if molds and len(children) == workers and children <= forked:
+            return
+        time.sleep(0.5)
+    print("# the refork did not finish: some workers are still the master's own", flush=True)
+
+
+def measure(pid: int) -> forkmem.MemoryUsage | None:
+    try:
+        return forkmem.memory(pid)
+    except forkmem.NoSuchProcess:
+        return None
 
 
 def ratio(value: float, base: float) -> str:
@@ -190,7 +229,7 @@ def report(results: list[Result]) -> None:
     stock = next((r for r in results if r.name == "stock"), results[0])
     stock_uss = statistics.median(stock.worker_uss) if stock.worker_uss else 0
     print(
-        f"{'variant':<14} {'worker USS med':>14} {'max':>8} {'tree PSS':>10} "
+        f"{'variant':<16} {'worker USS med':>14} {'max':>8} {'tree PSS':>10} "
         f"{'req/s':>9} {'failed':>7}   vs {stock.name}: USS   PSS   req/s"
     )
     for r in results:
@@ -198,8 +237,20 @@ def report(results: list[Result]) -> None:
         top = max(r.worker_uss, default=0)
         ratios = (ratio(med, stock_uss), ratio(r.tree_pss, stock.tree_pss), ratio(r.rps, stock.rps))
         print(
-            f"{r.name:<14} {med / MiB:11.1f} MiB {top / MiB:5.1f} MiB {r.tree_pss / MiB:6.1f} MiB "
+            f"{r.name:<16} {med / MiB:11.1f} MiB {top / MiB:5.1f} MiB {r.tree_pss / MiB:6.1f} MiB "
             f"{r.rps:9.0f} {r.failed:7d}   {' '.join(ratios)}"
+        )
+    print(
+        f"\nwhere the tree PSS is (MiB)\n{'variant':<16} {'master PSS':>10} {'mold PSS':>9} "
+        f"{'workers PSS':>11}   {'master USS':>10} {'mold USS':>9}"
+    )
+    for r in results:
+        (m_pss, m_uss), (o_pss, o_uss), (w_pss, _) = (
+            r.roles[k] for k in ("master", "mold", "workers")
+        )
+        print(
+            f"{r.name:<16} {m_pss / MiB:10.1f} {o_pss / MiB:9.1f} {w_pss / MiB:11.1f}   "
+            f"{m_uss / MiB:10.1f} {o_uss / MiB:9.1f}"
         )
 
 
@@ -209,6 +260,7 @@ def chart(results: list[Result], args: argparse.Namespace) -> None:
         "stock": "stock (no forkmem)",
         "default": "default (the one-line import)",
         "refork": f"refork_after={args.refork_after}",
+        "refork-lazy": f"refork_after={args.refork_after}, no --preload",
     }
     series = {
         labels.get(r.name, r.name): [
