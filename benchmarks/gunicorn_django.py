@@ -1,9 +1,11 @@
-"""Stock gunicorn against forkmem's hooks on a real Django site (and a Flask app), in one run.
+"""Stock gunicorn against forkmem's hooks on a real Django site (or a real Flask site), in one run.
 
-Needs gunicorn, Django (and Flask for ``--app flask``) and ``wrk`` (Debian: ``apt-get install
-wrk``). For each variant it starts ``gunicorn --preload`` with ``--workers`` sync workers on
-127.0.0.1, loads it with wrk for ``--seconds`` over the site's pages, then measures every worker
-from outside (``forkmem.memory``, after the load) and the whole tree (``forkmem.memory_tree``):
+Needs the ``examples`` extra (``pip install -e '.[examples]'``: gunicorn, Django, Flask with
+Flask-SQLAlchemy and Flask-WTF) and ``wrk`` (Debian: ``apt-get install wrk``). For each variant
+it starts ``gunicorn --preload`` with ``--workers`` sync workers on 127.0.0.1, loads it with
+wrk for ``--seconds`` over the site's pages (then, once a refork has replaced every worker, 3 s
+more, the same for every variant, so that each worker measured has served), then measures
+every worker from outside (``forkmem.memory``) and the whole tree (``forkmem.memory_tree``):
 
 - ``stock``: no forkmem at all (an empty gunicorn config).
 - ``freeze``: ``configure(warmup=False)``: collect and ``gc.freeze()`` in the master.
@@ -50,6 +52,7 @@ from _procs import stop
 import forkmem
 
 MiB = 1024 * 1024
+TOP_UP = 3  # seconds of load after the main run, once the workers are final
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
 APPS = {
@@ -173,15 +176,14 @@ def run_variant(name: str, args: argparse.Namespace, folder: Path, env: dict[str
         )
     try:
         wait_up(base, proc, log)
-        wrk = subprocess.run(
-            ["wrk", "-t", "2", "-c", str(args.connections), "-d", f"{args.seconds}s",
-             "-s", str(script), base],
-            capture_output=True, text=True, check=True, timeout=args.seconds + 60,
-        )  # fmt: skip
-        rps, requests, failed = parse_wrk(wrk.stdout)
+        rps, requests, failed = load(base, script, args.connections, args.seconds)
         time.sleep(2.0)  # let the last answers finish
         if "refork" in name:
             settle_refork(proc.pid, log, args.workers)
+        # Every variant gets the same short second load once its workers are final, so that a
+        # worker the mold forked after the main load has served requests too when measured.
+        failed += load(base, script, args.connections, TOP_UP)[2]
+        time.sleep(1.0)
         # A mold (refork) forks workers and serves nothing: the tree counts it, the workers don't.
         molds = set(re.findall(r"worker pid (\d+) is the mold now", log.read_text()))
         roles = {"master": [proc.pid], "mold": [], "workers": []}
@@ -197,6 +199,15 @@ def run_variant(name: str, args: argparse.Namespace, folder: Path, env: dict[str
         for role, found in usage.items()
     }
     return Result(name, uss, tree, rps, requests, failed, totals)
+
+
+def load(base: str, script: Path, connections: int, seconds: int) -> tuple[float, int, int]:
+    """wrk over the pages: requests/s, requests, failed."""
+    wrk = subprocess.run(
+        ["wrk", "-t", "2", "-c", str(connections), "-d", f"{seconds}s", "-s", str(script), base],
+        capture_output=True, text=True, check=True, timeout=seconds + 60,
+    )  # fmt: skip
+    return parse_wrk(wrk.stdout)
 
 
 def settle_refork(master: int, log: Path, workers: int, timeout: float = 30) -> None:
