@@ -121,6 +121,13 @@ def compile_bytecode(
             f"invalidation_mode must be one of {', '.join(_pycompile.MODES)}, "
             f"not {invalidation_mode!r}"
         )
+    if report_or_paths is None:
+        # check_bytecode(paths=None) means "the loaded modules": compiling those was never
+        # asked for, and would write pycs all over sys.path.
+        raise InvalidArgument(
+            "compile_bytecode() needs a BytecodeReport or paths, not None; for the loaded "
+            "modules pass check_bytecode()"
+        )
     if isinstance(report_or_paths, BytecodeReport):
         report = report_or_paths
     else:
