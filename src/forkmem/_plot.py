@@ -10,7 +10,7 @@ from forkmem.errors import InvalidArgument, MissingDependency
 if TYPE_CHECKING:
     from forkmem._growth import GrowthReport
 
-__all__ = ["plot_growth", "pyplot"]
+__all__ = ["check_path", "plot_growth", "pyplot"]
 
 _FORMATS = {".png": "png", ".svg": "svg"}
 _MIB = 1024 * 1024
@@ -28,12 +28,27 @@ def pyplot() -> Any:
     return plt
 
 
-def plot_growth(report: GrowthReport, path: str, *, top: int = 5) -> None:
-    """Write ``report``'s series to ``path`` (``.png`` or ``.svg``): tree PSS, the ``top``
-    processes' USS and the cgroup, MiB against seconds."""
+def check_path(path: str) -> str:
+    """The format ``path`` asks for; a typed error for a suffix or directory that cannot work.
+
+    Checked before a watch starts, so a typo costs nothing instead of the whole watch."""
     fmt = _FORMATS.get(os.path.splitext(path)[1].lower())
     if fmt is None:
         raise InvalidArgument(f"--plot: {path!r} must end in .png or .svg")
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise InvalidArgument(f"--plot: cannot write {path}: no such directory {folder}")
+    if not os.access(folder, os.W_OK):
+        raise InvalidArgument(f"--plot: cannot write {path}: directory {folder} is not writable")
+    if os.path.isdir(path):
+        raise InvalidArgument(f"--plot: cannot write {path}: it is a directory")
+    return fmt
+
+
+def plot_growth(report: GrowthReport, path: str, *, top: int = 5) -> None:
+    """Write ``report``'s series to ``path`` (``.png`` or ``.svg``): tree PSS, the ``top``
+    processes' USS and the cgroup, MiB against seconds."""
+    fmt = check_path(path)
     plt = pyplot()
     s = report.series
     fig, (ax_tree, ax_procs) = plt.subplots(2, 1, figsize=(7, 5.5), sharex=True)

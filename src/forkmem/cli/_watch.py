@@ -56,7 +56,9 @@ def run(args: argparse.Namespace) -> int:
     if args.plot:
         from forkmem import _plot
 
-        _plot.pyplot()  # a missing extra fails now, not after the whole watch
+        # A bad path or a missing extra fails now, not after the whole watch.
+        _plot.check_path(args.plot)
+        _plot.pyplot()
     me = os.getpid()
     samples = []
     cgroups = []
