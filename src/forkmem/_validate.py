@@ -9,7 +9,13 @@ from __future__ import annotations
 
 from forkmem.errors import InvalidArgument
 
-__all__ = ["check_bool", "check_duty_cycle", "check_warmup_for_immortalize"]
+__all__ = [
+    "MAX_SECONDS",
+    "check_bool",
+    "check_duty_cycle",
+    "check_seconds",
+    "check_warmup_for_immortalize",
+]
 
 
 def check_bool(what: str, value: object, *, none_ok: bool = False) -> None:
@@ -31,3 +37,17 @@ def check_duty_cycle(what: str, value: object) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 1:
         raise InvalidArgument(f"{what} must be in (0, 1]; got {value!r}")
     return float(value)
+
+
+#: The longest wait a seconds option takes (a year): ``time.sleep()`` overflows far beyond it,
+#: and ``inf`` would overflow at the first pause.
+MAX_SECONDS = 366 * 24 * 3600.0
+
+
+def check_seconds(what: str, value: float) -> float:
+    """A positive, finite number of seconds, at most `MAX_SECONDS`."""
+    if not 0 < value <= MAX_SECONDS:  # False for nan too
+        raise InvalidArgument(
+            f"{what} needs a positive number of seconds up to {MAX_SECONDS:g}, not {value}"
+        )
+    return value

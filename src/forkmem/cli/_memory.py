@@ -11,6 +11,7 @@ import sys
 import time
 
 from forkmem._units import format_bytes
+from forkmem._validate import check_seconds
 from forkmem.errors import AccessDenied, InvalidArgument, NoSuchProcess
 
 TYPE_CHECKING = False  # typing costs start-up time; mypy reads the block below all the same
@@ -102,8 +103,8 @@ def register(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.watch is not None and not args.watch > 0:
-        raise InvalidArgument(f"--watch needs a positive number of seconds, not {args.watch}")
+    if args.watch is not None:
+        check_seconds("--watch", args.watch)
     if args.count is not None and args.count <= 0:
         raise InvalidArgument(f"--count needs a positive number, not {args.count}")
     # NoSuchProcess (exit 2) and AccessDenied (exit 1) are reported by the dispatcher.

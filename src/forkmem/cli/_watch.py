@@ -7,7 +7,7 @@ import sys
 import time
 from typing import TYPE_CHECKING, Any
 
-from forkmem.errors import InvalidArgument
+from forkmem._validate import check_seconds
 
 if TYPE_CHECKING:
     import argparse
@@ -48,11 +48,9 @@ def run(args: argparse.Namespace) -> int:
     from forkmem import _growth, _snapshot
     from forkmem.cgroup import cgroup_memory
 
-    if not args.duration > 0:
-        raise InvalidArgument(f"--duration needs a positive number of seconds, not {args.duration}")
+    check_seconds("--duration", args.duration)
     interval = args.interval if args.interval is not None else max(0.2, args.duration / 60)
-    if not interval > 0:
-        raise InvalidArgument(f"--interval needs a positive number of seconds, not {interval}")
+    check_seconds("--interval", interval)
     if args.plot:
         from forkmem import _plot
 
