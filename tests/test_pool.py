@@ -8,7 +8,6 @@ most of the heap; with forkmem's pools it must stay under 10% of it.
 from __future__ import annotations
 
 import gc
-import json
 import logging
 import multiprocessing
 import os
@@ -21,6 +20,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 import forkmem
+from _pool_scripts import run_app, write_app
 from forkmem.errors import ForkmemWarning, InvalidArgument
 from forkmem.pool import fork_pool, process_pool_executor
 
@@ -221,28 +221,16 @@ _FORKSERVER_APP = textwrap.dedent(
 
 @pytest.fixture(scope="module")
 def forkserver_script(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    directory = tmp_path_factory.mktemp("forkserver")
-    (directory / "fs_heap.py").write_text(_FORKSERVER_HEAP.format(items=HEAP_ITEMS))
-    (directory / "fs_tasks.py").write_text(_FORKSERVER_TASKS)
-    path = directory / "fs_app.py"
-    path.write_text(_FORKSERVER_APP)
-    return path
+    return write_app(
+        tmp_path_factory.mktemp("forkserver"),
+        _FORKSERVER_APP,
+        fs_heap=_FORKSERVER_HEAP.format(items=HEAP_ITEMS),
+        fs_tasks=_FORKSERVER_TASKS,
+    )
 
 
 def _run_script(path: Path, kind: str) -> dict[str, list[int]]:
-    # The fork server does not take the parent's sys.path (3.10-3.13): it finds preloaded
-    # modules through its own, which PYTHONPATH reaches.
-    env = dict(os.environ, PYTHONPATH=str(path.parent))
-    proc = subprocess.run(
-        [sys.executable, "-W", "error::forkmem.ForkmemWarning", str(path), kind],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert proc.returncode == 0, proc.stderr
-    result: dict[str, list[int]] = json.loads(proc.stdout.strip().splitlines()[-1])
+    result: dict[str, list[int]] = run_app(path, kind, "-W", "error::forkmem.ForkmemWarning")
     return result
 
 

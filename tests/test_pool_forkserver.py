@@ -6,15 +6,14 @@ parent built is in them. Each scenario runs in its own interpreter (one fork ser
 
 from __future__ import annotations
 
-import json
 import os
-import subprocess
 import sys
 import textwrap
 from typing import TYPE_CHECKING
 
 import pytest
 
+from _pool_scripts import run_app, write_app
 from forkmem.pool import fork_pool, process_pool_executor
 
 if TYPE_CHECKING:
@@ -74,29 +73,16 @@ _APP = textwrap.dedent(
 
 @pytest.fixture(scope="module")
 def app(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    directory = tmp_path_factory.mktemp("forkserver_gap")
-    (directory / "fs_big.py").write_text(_BIG.format(items=HEAP_ITEMS))
-    (directory / "fs_tasks.py").write_text(_TASKS)
-    path = directory / "fs_app.py"
-    path.write_text(_APP)
-    return path
+    return write_app(
+        tmp_path_factory.mktemp("forkserver_gap"),
+        _APP,
+        fs_big=_BIG.format(items=HEAP_ITEMS),
+        fs_tasks=_TASKS,
+    )
 
 
 def _run(app: Path, mode: str) -> dict[str, object]:
-    # The fork server finds fs_big/fs_tasks through PYTHONPATH (3.10-3.13 do not pass it the
-    # parent's sys.path); whatever PYTHONPATH already names (an uninstalled forkmem) stays.
-    path = os.pathsep.join(filter(None, [str(app.parent), os.environ.get("PYTHONPATH")]))
-    env = dict(os.environ, PYTHONPATH=path)
-    proc = subprocess.run(
-        [sys.executable, str(app), mode],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert proc.returncode == 0, proc.stderr
-    result: dict[str, object] = json.loads(proc.stdout.strip().splitlines()[-1])
+    result: dict[str, object] = run_app(app, mode, timeout=120)
     assert result["items"] == [HEAP_ITEMS, HEAP_ITEMS]
     return result
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -19,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import psutil
 import pytest
+from _servers import free_port, serve
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -70,31 +70,9 @@ def _worker(
         "--pool=prefork", f"--concurrency={CONCURRENCY}", "--loglevel=INFO",
         "--without-heartbeat", "--without-gossip", "--without-mingle",
     ]  # fmt: skip
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            cmd, cwd=EXAMPLES, env=env, stdout=out, stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )  # fmt: skip
-        try:
-            deadline = time.monotonic() + 45
-            while "ready." not in log.read_text():
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise AssertionError(f"the Celery worker did not start:\n{log.read_text()}")
-                time.sleep(0.2)
-            yield proc
-        finally:
-            _stop(proc)
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)  # warm shutdown: children leave normally and log
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(timeout=20)
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGKILL)
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        proc.wait(timeout=5)
+    # A warm shutdown (SIGTERM) at the end: children leave normally and log.
+    with serve(cmd, log, env, cwd=EXAMPLES, line="ready.", timeout=45) as proc:
+        yield proc
 
 
 def _pool_children(proc: subprocess.Popen[bytes]) -> set[int]:
@@ -199,12 +177,9 @@ def test_install_rejects_bad_arguments(args: tuple[Any, ...], kwargs: dict[str, 
 
 def test_metrics_from_the_environment_cover_the_pool(tmp_path: Path) -> None:
     pytest.importorskip("prometheus_client")
-    import socket
     import urllib.request
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     data, pid_dir, log = tmp_path / "broker", tmp_path / "pids", tmp_path / "worker.log"
     os.environ["FORKMEM_METRICS"] = f"127.0.0.1:{port}"
     try:

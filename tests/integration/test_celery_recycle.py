@@ -23,6 +23,7 @@ if TYPE_CHECKING:
 celery = pytest.importorskip("celery")
 
 # The worker and client of the plain Celery test (this directory is on sys.path).
+from _servers import free_port  # noqa: E402
 from test_celery import CONCURRENCY, _client, _worker  # noqa: E402
 
 pytestmark = [pytest.mark.integration, pytest.mark.linux_only, pytest.mark.timeout(240)]
@@ -33,12 +34,6 @@ _RECYCLED = re.compile(
 )
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture
 def redis_url(tmp_path: Path) -> Iterator[str]:
     """A real redis-server on 127.0.0.1 (Debian's), no persistence, gone after the test."""
@@ -46,7 +41,7 @@ def redis_url(tmp_path: Path) -> Iterator[str]:
     if server is None:
         pytest.skip("needs redis-server (Debian package redis-server)")
     pytest.importorskip("redis")
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen(
         [server, "--bind", "127.0.0.1", "--port", str(port), "--save", "", "--appendonly", "no",
          "--dir", str(tmp_path)],

@@ -9,20 +9,16 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import signal
-import socket
-import subprocess
 import sys
-import time
-import urllib.error
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
+from _servers import free_port, get, serve
 
 if TYPE_CHECKING:
+    import subprocess
     from collections.abc import Iterator
 
 pytest.importorskip("gunicorn")
@@ -33,57 +29,15 @@ EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 WORKERS = 4
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _get(url: str, timeout: float = 10.0) -> bytes:
-    with urllib.request.urlopen(url, timeout=timeout) as response:
-        return bytes(response.read())
-
-
 @contextlib.contextmanager
 def _gunicorn(args: list[str], log: Path) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
-    port = _free_port()
+    port = free_port()
     base = f"http://127.0.0.1:{port}"
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "gunicorn", *args, "--bind", f"127.0.0.1:{port}"],
-            cwd=EXAMPLES,
-            # gunicorn 23+ opens a control socket under $XDG_RUNTIME_DIR: keep it in tmp.
-            env=dict(os.environ, XDG_RUNTIME_DIR=str(log.parent)),
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,  # its own process group: one kill reaches every worker
-        )
-        try:
-            deadline = time.monotonic() + 45
-            while True:
-                try:
-                    _get(base + "/", timeout=2)
-                    break
-                except (urllib.error.URLError, ConnectionError, OSError):
-                    if proc.poll() is not None or time.monotonic() > deadline:
-                        raise AssertionError(
-                            f"gunicorn did not come up:\n{log.read_text()}"
-                        ) from None
-                    time.sleep(0.2)
-            yield base, proc
-        finally:
-            _stop(proc)
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)  # graceful: the master reaps workers, child_exit runs
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(timeout=20)
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGKILL)  # whatever is left of the group
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        proc.wait(timeout=5)
+    command = [sys.executable, "-m", "gunicorn", *args, "--bind", f"127.0.0.1:{port}"]
+    # gunicorn 23+ opens a control socket under $XDG_RUNTIME_DIR: keep it in tmp.
+    env = dict(os.environ, XDG_RUNTIME_DIR=str(log.parent))
+    with serve(command, log, env, cwd=EXAMPLES, url=base + "/", timeout=45) as proc:
+        yield base, proc
 
 
 def _sample_workers(base: str, want: int = WORKERS, rounds: int = 10) -> dict[int, dict[str, Any]]:
@@ -96,7 +50,7 @@ def _sample_workers(base: str, want: int = WORKERS, rounds: int = 10) -> dict[in
     seen: dict[int, dict[str, Any]] = {}
     with ThreadPoolExecutor(max_workers=want) as pool:
         for _ in range(rounds):
-            bodies = pool.map(lambda _: _get(base + "/memory?hold=0.5"), range(want))
+            bodies = pool.map(lambda _: get(base + "/memory?hold=0.5"), range(want))
             for body in bodies:
                 payload = json.loads(body)
                 seen[payload["pid"]] = payload

@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -19,23 +18,13 @@ import forkmem
 
 pytest.importorskip("gunicorn")
 pytest.importorskip("prometheus_client")
+from _servers import free_port, get
 from prometheus_client.parser import text_string_to_metric_families
 
 pytestmark = [pytest.mark.integration, pytest.mark.linux_only, pytest.mark.timeout(120)]
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 MIB = 1024 * 1024
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _get(url: str) -> str:
-    with urllib.request.urlopen(url, timeout=10) as resp:
-        return str(resp.read().decode())
 
 
 def _gunicorn(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
@@ -51,7 +40,7 @@ def _gunicorn(args: list[str], env: dict[str, str], log: Path) -> subprocess.Pop
 
 
 def test_gunicorn_master_serves_its_workers_metrics(tmp_path: Path) -> None:
-    port, metrics_port = _free_port(), _free_port()
+    port, metrics_port = free_port(), free_port()
     conf = tmp_path / "gunicorn.conf.py"
     conf.write_text(
         "from forkmem.integrations.gunicorn import *  # noqa: F403\n"
@@ -74,7 +63,7 @@ def test_gunicorn_master_serves_its_workers_metrics(tmp_path: Path) -> None:
         workers: set[int] = set()
         while time.monotonic() < deadline and proc.poll() is None:
             try:
-                text = _get(f"http://127.0.0.1:{metrics_port}/metrics")
+                text = get(f"http://127.0.0.1:{metrics_port}/metrics").decode()
             except (urllib.error.URLError, ConnectionError):
                 time.sleep(0.3)
                 continue
@@ -95,7 +84,7 @@ def test_gunicorn_master_serves_its_workers_metrics(tmp_path: Path) -> None:
         uss = {
             int(s.labels["pid"]): s.value
             for f in text_string_to_metric_families(
-                _get(f"http://127.0.0.1:{metrics_port}/metrics")
+                get(f"http://127.0.0.1:{metrics_port}/metrics").decode()
             )
             for s in f.samples
             if s.name == "forkmem_process_uss_bytes"
@@ -111,7 +100,7 @@ def test_gunicorn_master_serves_its_workers_metrics(tmp_path: Path) -> None:
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
         try:
-            _get(f"http://127.0.0.1:{metrics_port}/metrics")
+            get(f"http://127.0.0.1:{metrics_port}/metrics")
         except (urllib.error.URLError, ConnectionError):
             break
         time.sleep(0.3)
@@ -129,7 +118,7 @@ def _recycles(text: str) -> float:
 
 
 def test_recycles_counted_in_the_master_reach_the_exporter(tmp_path: Path) -> None:
-    port, metrics_port = _free_port(), _free_port()
+    port, metrics_port = free_port(), free_port()
     env = dict(
         os.environ,
         XDG_RUNTIME_DIR=str(tmp_path),
@@ -145,8 +134,8 @@ def test_recycles_counted_in_the_master_reach_the_exporter(tmp_path: Path) -> No
         text = ""
         while time.monotonic() < deadline and proc.poll() is None:
             with contextlib.suppress(urllib.error.URLError, ConnectionError):
-                text = _get(f"http://127.0.0.1:{metrics_port}/metrics")
-                _get(f"http://127.0.0.1:{port}/")
+                text = get(f"http://127.0.0.1:{metrics_port}/metrics").decode()
+                get(f"http://127.0.0.1:{port}/")
                 break
             time.sleep(0.3)
         assert 'forkmem_worker_recycles_total{kind="soft"} 0.0' in text, log.read_text()
@@ -154,11 +143,11 @@ def test_recycles_counted_in_the_master_reach_the_exporter(tmp_path: Path) -> No
         while time.monotonic() < deadline and not recycled:
             for _ in range(10):
                 with contextlib.suppress(urllib.error.URLError, ConnectionError):
-                    _get(f"http://127.0.0.1:{port}/leak")
-            recycled = _recycles(_get(f"http://127.0.0.1:{metrics_port}/metrics"))
+                    get(f"http://127.0.0.1:{port}/leak")
+            recycled = _recycles(get(f"http://127.0.0.1:{metrics_port}/metrics").decode())
         assert recycled >= 1, log.read_text()
         assert "was recycled for memory" in log.read_text()
-        text = _get(f"http://127.0.0.1:{metrics_port}/metrics")
+        text = get(f"http://127.0.0.1:{metrics_port}/metrics").decode()
         assert 'forkmem_worker_last_recycle_bytes{measure="uss"}' in text
     finally:
         os.killpg(proc.pid, signal.SIGTERM)

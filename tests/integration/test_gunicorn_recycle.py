@@ -17,17 +17,13 @@ import json
 import os
 import re
 import shutil
-import signal
-import socket
-import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
+from _servers import free_port, get, serve, wrk
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -49,15 +45,10 @@ _RECYCLED = re.compile(
 )
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @contextlib.contextmanager
 def _gunicorn(tmp_path: Path, name: str, **env: str) -> Iterator[tuple[str, Path]]:
-    port = _free_port()
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
     log = tmp_path / f"{name}.log"
     environment = dict(
         os.environ,
@@ -67,46 +58,12 @@ def _gunicorn(tmp_path: Path, name: str, **env: str) -> Iterator[tuple[str, Path
         **env,
     )
     cmd = [sys.executable, "-m", "gunicorn", "-c", str(EXAMPLES / "gunicorn_recycle.conf.py")]
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            cmd, cwd=EXAMPLES, env=environment, stdout=out, stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )  # fmt: skip
-        try:
-            base = f"http://127.0.0.1:{port}"
-            deadline = time.monotonic() + 60
-            while True:
-                try:
-                    urllib.request.urlopen(base + "/memory", timeout=2).read()
-                    break
-                except (urllib.error.URLError, ConnectionError, OSError):
-                    if proc.poll() is not None or time.monotonic() > deadline:
-                        raise AssertionError(
-                            f"gunicorn did not start:\n{log.read_text()}"
-                        ) from None
-                    time.sleep(0.3)
-            yield base, log
-        finally:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-                with contextlib.suppress(subprocess.TimeoutExpired):
-                    proc.wait(timeout=30)
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=10)
+    with serve(cmd, log, environment, cwd=EXAMPLES, url=base + "/memory", grace=30):
+        yield base, log
 
 
-def _wrk(url: str, connections: int = 4) -> dict[str, int]:
-    out = subprocess.run(
-        ["wrk", "-t2", f"-c{connections}", f"-d{LOAD_SECONDS}s", "--timeout", "10s", url],
-        capture_output=True, text=True, timeout=LOAD_SECONDS + 60, check=True,
-    ).stdout  # fmt: skip
-    requests = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
-    errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
-    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    failed = (sum(int(g) for g in errors.groups()) if errors else 0) + (
-        int(non2xx.group(1)) if non2xx else 0
-    )
+def _wrk(url: str) -> dict[str, int]:
+    requests, failed = wrk(url, LOAD_SECONDS)
     return {"requests": requests, "failed": failed}
 
 
@@ -119,7 +76,7 @@ def _recycles(log: Path) -> list[tuple[int, str, float, float, int]]:
 
 def _fresh_worker_rss(tmp_path: Path) -> int:
     with _gunicorn(tmp_path, "measure", FORKMEM_MAX_PRIVATE_MEMORY="off") as (base, _):
-        body = urllib.request.urlopen(base + "/memory", timeout=10).read()
+        body = get(base + "/memory")
     return int(json.loads(body)["memory"]["rss"])
 
 
@@ -134,7 +91,7 @@ def test_rss_limit_restarts_healthy_workers_uss_limit_does_not(tmp_path: Path) -
     rss_recycles = _recycles(log)
     with _gunicorn(tmp_path, "uss", FORKMEM_MAX_PRIVATE_MEMORY="64 MiB") as (base, log):
         uss_load = _wrk(base + "/")
-        after = json.loads(urllib.request.urlopen(base + "/memory", timeout=10).read())
+        after = json.loads(get(base + "/memory"))
     uss_recycles = _recycles(log)
     # Healthy workers: the RSS limit restarts them again and again, the USS limit never.
     assert len(rss_recycles) >= 2, (fresh_rss, rss_limit, log.read_text()[-3000:])

@@ -16,7 +16,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -28,6 +27,7 @@ from typing import TYPE_CHECKING
 
 import psutil
 import pytest
+from _servers import free_port, serve, wrk
 
 import forkmem
 
@@ -43,12 +43,6 @@ EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 PAGES = ["/", "/admin/login/"]
 FLASK_PAGES = ["/", "/posts/post-3", "/tags/python", "/api/posts"]
 MiB = 1024 * 1024
-
-
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture(scope="module")
@@ -75,43 +69,20 @@ def _serve(
     config = tmp / "forkmem.conf.py"
     config.write_text(conf)
     log = tmp / "gunicorn.log"
-    port = _port()
+    port = free_port()
     command = [
         sys.executable, "-m", "gunicorn", "-c", str(config), "--preload", "--workers",
         str(workers), "--worker-class", "sync", "--bind", f"127.0.0.1:{port}",
         "--chdir", str(EXAMPLES), *extra, app,
     ]  # fmt: skip
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            command, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
-        )
     base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                with urllib.request.urlopen(base + "/", timeout=2):
-                    break
-            except (urllib.error.URLError, OSError):
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise AssertionError(f"gunicorn did not come up:\n{log.read_text()}") from None
-                time.sleep(0.2)
+    with serve(command, log, env, url=base + "/") as proc:
         yield base, proc, log
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(timeout=20)
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(timeout=5)
 
 
 def _load(base: str, seconds: int, tmp: Path, pages: list[str] = PAGES) -> tuple[int, int]:
     """Requests served and failed (non-2xx/3xx, socket errors) over ``seconds`` of load."""
-    wrk = shutil.which("wrk")
-    if wrk is None:
+    if shutil.which("wrk") is None:
         served = failed = 0
         deadline = time.monotonic() + seconds
         while time.monotonic() < deadline:
@@ -128,20 +99,7 @@ def _load(base: str, seconds: int, tmp: Path, pages: list[str] = PAGES) -> tuple
         "local p = {" + ", ".join(f'"{page}"' for page in pages) + "}\nlocal i = 0\n"
         'request = function() i = i + 1 return wrk.format("GET", p[(i % #p) + 1]) end\n'
     )
-    out = subprocess.run(
-        [wrk, "-t", "2", "-c", "4", "-d", f"{seconds}s", "-s", str(script), base],
-        capture_output=True, text=True, check=True, timeout=seconds + 60,
-    ).stdout  # fmt: skip
-    served = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
-    failed = sum(
-        int(n)
-        for n in re.findall(
-            r"Non-2xx or 3xx responses:\s+(\d+)|(?:connect|read|write|timeout) (\d+)", out
-        )
-        for n in n
-        if n
-    )
-    return served, failed
+    return wrk(base, seconds, script=script)
 
 
 def _worker_uss(master: int) -> list[int]:
@@ -233,7 +191,7 @@ def test_a_rehearsal_that_leaves_a_thread_refuses_to_fork(
     env = dict(site_env, PYTHONPATH=os.pathsep.join([str(tmp_path), str(EXAMPLES)]))
     proc = subprocess.run(
         [sys.executable, "-m", "gunicorn", "-c", str(conf), "--preload", "--workers", "1",
-         "--bind", f"127.0.0.1:{_port()}", "threaded_site:application"],
+         "--bind", f"127.0.0.1:{free_port()}", "threaded_site:application"],
         env=env, capture_output=True, text=True, timeout=90, cwd=tmp_path,
     )  # fmt: skip
     assert proc.returncode != 0

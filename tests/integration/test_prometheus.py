@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -17,6 +16,7 @@ import urllib.request
 from typing import TYPE_CHECKING, Any
 
 import pytest
+from _servers import free_port, get
 
 import forkmem
 from _memory_children import forked, touched_map
@@ -35,24 +35,11 @@ SCRAPE = 1.0  # seconds: Prometheus's scrape interval in this test
 MIB = 1024 * 1024
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-def _get(url: str, timeout: float = 5.0) -> bytes:
-    with urllib.request.urlopen(url, timeout=timeout) as resp:  # loopback only
-        body: bytes = resp.read()
-        return body
-
-
 def _wait_for(url: str, timeout: float = 60.0) -> None:
     deadline = time.monotonic() + timeout
     while True:
         try:
-            _get(url)
+            get(url, timeout=5.0)
             return
         except OSError:
             if time.monotonic() > deadline:
@@ -68,7 +55,7 @@ def prometheus(tmp_path: Path) -> Iterator[Any]:
     procs: list[subprocess.Popen[bytes]] = []
 
     def start(target_port: int) -> Any:
-        port = _free_port()
+        port = free_port()
         config = tmp_path / "prometheus.yml"
         config.write_text(
             f"global:\n  scrape_interval: {SCRAPE:g}s\n  scrape_timeout: {SCRAPE:g}s\n"
@@ -94,7 +81,7 @@ def prometheus(tmp_path: Path) -> Iterator[Any]:
 
         def query(expr: str) -> dict[int, float]:
             url = f"{base}/api/v1/query?" + urllib.parse.urlencode({"query": expr})
-            data = json.loads(_get(url))
+            data = json.loads(get(url, timeout=5.0))
             assert data["status"] == "success", data
             return {
                 int(r["metric"].get("pid", r["metric"].get("root"))): float(r["value"][1])
@@ -130,7 +117,7 @@ def _until(check: Any, timeout: float) -> Any:
 
 def test_prometheus_scrapes_per_process_uss_from_proc(prometheus: Any) -> None:
     shared = touched_map(32 * MIB)  # inherited by the children: PSS and the shared column move
-    port = _free_port()
+    port = free_port()
     with forked(_holder) as a, forked(_holder) as b:
         assert a.recv() == b.recv() == "ready"
         exporter = subprocess.Popen(
