@@ -218,6 +218,40 @@ def test_settle_closes_sqlalchemy_sessions_and_engines_then_workers_use_their_ow
     assert result["written"]
 
 
+def test_engines_remembered_before_a_freeze_are_disposed_after_it(tmp_path: Path) -> None:
+    pytest.importorskip("sqlalchemy")
+
+    def child() -> dict[str, Any]:
+        from sqlalchemy import create_engine, text
+
+        db = tmp_path / "db.sqlite3"
+        engine = create_engine(f"sqlite:///{db}")
+        with engine.connect() as conn:  # a pooled connection, as an app's import leaves one
+            conn.execute(text("select 1"))
+        known = _fork_safety.remember_engines()
+        gc.freeze()  # what the master's warm-up does: the engine leaves gc.get_objects()
+        try:
+            hidden = not any(obj is engine for obj in gc.get_objects())
+            held = len(_open_paths(str(db)))
+            closed = _fork_safety.close_databases()
+            return {
+                "known": known,
+                "hidden": hidden,
+                "held": held,
+                "closed": closed,
+                "after": _open_paths(str(db)),
+            }
+        finally:
+            gc.unfreeze()
+
+    result = run_forked(child)
+    assert result["known"] == 1
+    assert result["hidden"]
+    assert result["held"] == 1
+    assert result["closed"] == ["sqlalchemy (1 engine(s))"]
+    assert result["after"] == []
+
+
 @pytest.mark.parametrize(
     ("value", "expected"), [("1", True), ("yes", True), ("0", False), ("", False)]
 )

@@ -377,3 +377,32 @@ def test_rehearsed_flask_site_disposes_its_engine_and_workers_share_more(tmp_pat
     # Jinja's compiled templates), rehearsed ones ~8 MiB.
     stock, rehearsed = runs["stock"]["uss"], runs["rehearsed"]["uss"]
     assert max(rehearsed) < min(stock) - 10 * MiB, (stock, rehearsed)
+
+
+def test_refork_flask_mold_hands_no_database_connection_to_its_workers(tmp_path: Path) -> None:
+    pytest.importorskip("flask_sqlalchemy")
+    pytest.importorskip("flask_wtf")
+    db = tmp_path / "site.sqlite3"
+    env = dict(os.environ, FORKMEM_FLASK_DB=str(db), XDG_RUNTIME_DIR=str(tmp_path))
+    env.pop("FORKMEM_DISABLE", None)
+    with _serve(REFORK, tmp_path, env, app="flask_site:app") as (base, proc, log):
+        served = failed = 0
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            more, lost = _load(base, 3, tmp_path, FLASK_PAGES)
+            served, failed = served + more, failed + lost
+            if len(_forked_by_mold(log.read_text())) >= 2:
+                break
+        mold = _mold(log)
+        # The app made its engine at import, so the master's warm-up froze it; the mold still
+        # disposed it: it holds no descriptor of the database, so its workers inherit none.
+        mold_held = _holds(mold, db)
+        master_held = _holds(proc.pid, db)
+        page = _comment(base, "written by a worker the mold forked")
+        text = log.read_text()
+    assert served > 30
+    assert failed == 0, text[-3000:]
+    assert len(_forked_by_mold(text)) >= 2, text[-3000:]
+    assert not mold_held
+    assert not master_held
+    assert "written by a worker the mold forked" in page

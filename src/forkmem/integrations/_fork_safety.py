@@ -21,12 +21,13 @@ import socket
 import sys
 import threading
 import time
+import weakref
 from dataclasses import dataclass
 from typing import Any
 
 from forkmem.errors import UnsafeToFork
 
-__all__ = ["Settled", "Snapshot", "close_databases", "settle", "snapshot"]
+__all__ = ["Settled", "Snapshot", "close_databases", "remember_engines", "settle", "snapshot"]
 
 _logger = logging.getLogger("forkmem.rehearsal")
 
@@ -89,9 +90,32 @@ def snapshot() -> Snapshot:
     return Snapshot(threads=_task_ids(), fds=_fds())
 
 
+# SQLAlchemy engines seen before a gc.freeze(): a frozen object is no longer in
+# gc.get_objects(), so a process forked after the freeze (the refork mold) could not find the
+# engines the app made at import time, and would hand their pooled connections to its workers.
+_known_engines: weakref.WeakSet[Any] = weakref.WeakSet()
+
+
+def _engines() -> list[Any]:
+    engine_type = getattr(sys.modules.get("sqlalchemy.engine"), "Engine", None)
+    if not isinstance(engine_type, type):
+        return []
+    found = {id(e): e for e in _known_engines}
+    found.update((id(obj), obj) for obj in gc.get_objects() if isinstance(obj, engine_type))
+    return list(found.values())
+
+
+def remember_engines() -> int:
+    """Record the SQLAlchemy engines alive now (call it before ``gc.freeze()``), so that
+    `close_databases()` still finds them after the freeze; how many are known."""
+    _known_engines.update(_engines())
+    return len(_known_engines)
+
+
 def close_databases() -> list[str]:
     """Close Django's connections, SQLAlchemy's ORM sessions and engines (``dispose()``), if the
-    app imported them; the names of what was closed."""
+    app imported them; the names of what was closed. Engines are those the collector tracks
+    (not frozen) and those `remember_engines()` recorded."""
     closed: list[str] = []
     django_db = sys.modules.get("django.db")
     connections = getattr(django_db, "connections", None)
@@ -110,17 +134,15 @@ def close_databases() -> list[str]:
             close_sessions()
         except Exception:
             _logger.warning("forkmem: closing SQLAlchemy's sessions failed", exc_info=True)
-    engine_type = getattr(sys.modules.get("sqlalchemy.engine"), "Engine", None)
-    if isinstance(engine_type, type):
-        engines: list[Any] = [obj for obj in gc.get_objects() if isinstance(obj, engine_type)]
-        for engine in engines:
-            try:
-                engine.dispose()
-            except Exception:
-                _logger.warning("forkmem: disposing %r failed", engine, exc_info=True)
-        if engines:
-            closed.append(f"sqlalchemy ({len(engines)} engine(s))")
-        del engines
+    engines = _engines()
+    for engine in engines:
+        try:
+            engine.dispose()
+        except Exception:
+            _logger.warning("forkmem: disposing %r failed", engine, exc_info=True)
+    if engines:
+        closed.append(f"sqlalchemy ({len(engines)} engine(s))")
+    del engines
     return closed
 
 

@@ -37,6 +37,7 @@ from forkmem.integrations._common import (
     start_metrics,
     warn_missing_bytecode,
 )
+from forkmem.integrations._fork_safety import remember_engines
 from forkmem.integrations._gunicorn_refork import Refork
 from forkmem.integrations._gunicorn_rehearsal import Request, check_requests, rehearse
 from forkmem.integrations._options import WorkerOptions
@@ -204,6 +205,8 @@ def when_ready(server: Any) -> None:
     if _rehearsal:
         _rehearse(server)
     warn_missing_bytecode()
+    if _refork_after is not None:
+        remember_engines()  # the mold closes them after the freeze hides them from gc
     report = prepare(warmup=_settings.warmup, immortalize=_immortalize())
     _logger.info(
         "forkmem: froze %d objects in the gunicorn master (pid %s) in %.3f s before forking",
