@@ -25,35 +25,18 @@ from pathlib import Path
 import psutil
 from _chart import bar_chart
 from _procs import stop
-from celery import Celery
 
 import forkmem
 
 MiB = 1024 * 1024
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
-
-
-def client(data: Path) -> Celery:
-    app = Celery("client", broker="filesystem://", backend=f"file://{data / 'results'}")
-    app.conf.update(
-        broker_transport_options={
-            "data_folder_in": str(data / "queue"),
-            "data_folder_out": str(data / "queue"),
-            "processed_folder": str(data / "processed"),
-            "control_folder": str(data / "control"),
-            "store_processed": False,
-            "polling_interval": 0.05,
-        },
-        task_serializer="json",
-        result_serializer="json",
-        accept_content=["json"],
-    )
-    return app
+# The example's broker layout, shared by its worker and the clients that send it tasks.
+sys.path.append(str(EXAMPLES))
+from celery_broker import client, prepare  # noqa: E402
 
 
 def measure(data: Path, tasks: int, disable: bool) -> tuple[int, int, int, int]:
-    for sub in ("queue", "processed", "results", "control"):
-        (data / sub).mkdir(parents=True, exist_ok=True)
+    prepare(data)
     env = dict(os.environ, FORKMEM_CELERY_DIR=str(data), FORKMEM_DISABLE="1" if disable else "0")
     log = data / "worker.log"
     command = [
@@ -61,7 +44,7 @@ def measure(data: Path, tasks: int, disable: bool) -> tuple[int, int, int, int]:
         "--concurrency=1", "--loglevel=INFO", "--without-heartbeat", "--without-gossip",
         "--without-mingle",
     ]  # fmt: skip
-    app = client(data)
+    app = client(data, polling_interval=0.05)
     with log.open("wb") as out:
         proc = subprocess.Popen(
             command, cwd=EXAMPLES, env=env, stdout=out, stderr=subprocess.STDOUT,

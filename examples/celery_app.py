@@ -1,7 +1,8 @@
 """A Celery app with a preloaded heap, to see what ``forkmem.integrations.celery`` saves.
 
 No broker server needed: the filesystem transport and the file result backend keep messages
-and results under ``FORKMEM_CELERY_DIR`` (default: ``$TMPDIR/forkmem-celery-example``).
+and results under ``FORKMEM_CELERY_DIR`` (default: ``$TMPDIR/forkmem-celery-example``), laid
+out by ``celery_broker.py``, whose ``client()`` the tests and benchmarks send tasks with.
 
 Start a worker (prefork pool, two children)::
 
@@ -25,33 +26,24 @@ from pathlib import Path
 from typing import Any
 
 from celery import Celery
+from celery_broker import configure, prepare
 
 import forkmem
 from forkmem.integrations.celery import install
 
-DATA = Path(
-    os.environ.get("FORKMEM_CELERY_DIR") or Path(tempfile.gettempdir()) / "forkmem-celery-example"
+DATA = prepare(
+    Path(
+        os.environ.get("FORKMEM_CELERY_DIR")
+        or Path(tempfile.gettempdir()) / "forkmem-celery-example"
+    )
 )
-for sub in ("queue", "processed", "results", "control"):
-    (DATA / sub).mkdir(parents=True, exist_ok=True)
 
 # FORKMEM_CELERY_BROKER (e.g. redis://127.0.0.1:6379/0) replaces the filesystem transport.
 BROKER = os.environ.get("FORKMEM_CELERY_BROKER") or "filesystem://"
-app = Celery("celery_app", broker=BROKER, backend=f"file://{DATA / 'results'}")
+app = configure(Celery("celery_app", broker=BROKER, backend=f"file://{DATA / 'results'}"), DATA)
 app.conf.update(
-    broker_transport_options={
-        "data_folder_in": str(DATA / "queue"),
-        "data_folder_out": str(DATA / "queue"),
-        "processed_folder": str(DATA / "processed"),
-        "control_folder": str(DATA / "control"),  # default: ./control, in the working directory
-        "store_processed": False,
-        "polling_interval": 0.1,
-    },
     broker_connection_retry_on_startup=True,
     worker_enable_remote_control=False,  # the filesystem transport has no fanout exchange
-    task_serializer="json",
-    result_serializer="json",
-    accept_content=["json"],
 )
 
 

@@ -28,36 +28,24 @@ celery = pytest.importorskip("celery")
 pytestmark = [pytest.mark.integration, pytest.mark.linux_only, pytest.mark.timeout(150)]
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+# The example's broker layout, shared by its worker and the clients that send it tasks.
+sys.path.append(str(EXAMPLES))
+import celery_broker  # noqa: E402
+
 CONCURRENCY = 2
 MiB = 2**20
 
 
 def _client(data: Path, broker: str = "filesystem://") -> Any:
-    """A light client app on the same broker (it does not import the example's heap)."""
-    (data / "control").mkdir(parents=True, exist_ok=True)
-    app = celery.Celery("client", broker=broker, backend=f"file://{data / 'results'}")
-    app.conf.update(
-        broker_transport_options={
-            "data_folder_in": str(data / "queue"),
-            "data_folder_out": str(data / "queue"),
-            "processed_folder": str(data / "processed"),
-            "control_folder": str(data / "control"),
-            "store_processed": False,
-            "polling_interval": 0.1,
-        },
-        task_serializer="json",
-        result_serializer="json",
-        accept_content=["json"],
-    )
-    return app
+    """A light client app on the worker's broker (it does not import the example's heap)."""
+    return celery_broker.client(data, broker)
 
 
 @contextlib.contextmanager
 def _worker(
     data: Path, pid_dir: Path, log: Path, *, forkmem: bool = True, **extra_env: str
 ) -> Iterator[subprocess.Popen[bytes]]:
-    for sub in ("queue", "processed", "results", "control"):
-        (data / sub).mkdir(parents=True, exist_ok=True)
+    celery_broker.prepare(data)
     env = dict(
         os.environ,
         FORKMEM_CELERY_DIR=str(data),
