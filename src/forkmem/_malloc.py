@@ -9,7 +9,7 @@ from __future__ import annotations
 import sys
 from typing import Any, NamedTuple
 
-__all__ = ["TrimResult", "malloc_trim"]
+__all__ = ["TrimResult", "glibc", "malloc_trim"]
 
 
 class TrimResult(NamedTuple):
@@ -23,7 +23,7 @@ class TrimResult(NamedTuple):
 _libc: Any = None
 
 
-def _glibc() -> Any:
+def glibc() -> Any:
     """The process's own C library when it is glibc (the only libc with malloc_trim), else None."""
     global _libc
     if _libc is not None:
@@ -48,7 +48,7 @@ def _glibc() -> Any:
 
 def malloc_trim() -> TrimResult:
     """Call ``malloc_trim(0)``; never raises, says why it did not run instead."""
-    libc = _glibc()
+    libc = glibc()
     if libc is None:
         return TrimResult(False, False, "malloc_trim needs glibc on Linux")
     return TrimResult(True, bool(libc.malloc_trim(0)), None)

@@ -3,7 +3,8 @@
 The steps, in order: a full collection; precomputing the hash of every reachable str (the first
 ``hash()`` of a str writes into it, which would otherwise happen in every child); optionally
 making every live object immortal (CPython 3.12+), so no child ever writes a reference count;
-``malloc_trim(0)``; and ``gc.freeze()``, so no child's collector touches the survivors.
+``malloc_trim(0)``; filling the allocators' free holes, so a child allocates in new pages instead
+of writing shared ones; and ``gc.freeze()``, so no child's collector touches the survivors.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from forkmem import _holes
 from forkmem._validate import check_bool
 
 if TYPE_CHECKING:
@@ -40,9 +42,12 @@ class WarmupReport:
             item array, a dict its table; the gc header is not counted).
         skipped: objects left mortal on purpose, by reason, each object counted once.
         trim_released: ``malloc_trim(0)`` returned memory to the kernel.
+        holes_filled: free pymalloc blocks and glibc chunks allocated (and kept) so that children
+            allocate in new pages (0 unless ``fill_holes=True``).
+        holes_filled_bytes: their bytes.
         steps_skipped: step name -> why it did not run (not asked for, not available here).
         seconds: step name -> wall-clock seconds (``collect``, ``hash_strings``,
-            ``immortalize``, ``trim``, ``freeze``); ``total_seconds`` sums them.
+            ``immortalize``, ``trim``, ``fill_holes``, ``freeze``); ``total_seconds`` sums them.
     """
 
     immortalize: bool
@@ -54,6 +59,8 @@ class WarmupReport:
     immortalized_bytes: int
     skipped: Mapping[str, int] = field(default_factory=dict)
     trim_released: bool = False
+    holes_filled: int = 0
+    holes_filled_bytes: int = 0
     steps_skipped: Mapping[str, str] = field(default_factory=dict)
     seconds: Mapping[str, float] = field(default_factory=dict)
 
@@ -64,14 +71,18 @@ class WarmupReport:
 
 
 def warmup(
-    *, immortalize: bool = False, hash_strings: bool = True, trim: bool = True
+    *,
+    immortalize: bool = False,
+    hash_strings: bool = True,
+    trim: bool = True,
+    fill_holes: bool = True,
 ) -> WarmupReport:
     """Prepare the current process's heap to be shared by forked children; call it once.
 
     Runs a full ``gc.collect()``, precomputes str hashes (``hash_strings``), makes every live
     object immortal (``immortalize``, CPython 3.12+), calls glibc's ``malloc_trim(0)``
-    (``trim``), then ``gc.freeze()``. Objects frozen by an earlier ``gc.freeze()`` are unfrozen
-    first and go through the same steps.
+    (``trim``), fills the allocators' free holes (``fill_holes``), then ``gc.freeze()``. Objects
+    frozen by an earlier ``gc.freeze()`` are unfrozen first and go through the same steps.
 
     Immortal objects are never freed, not even when nothing refers to them any more, and their
     finalizers never run. Use ``immortalize=True`` once, before a long-lived fork loop, on what
@@ -87,6 +98,11 @@ def warmup(
             the runtime probe recognises (tested on 3.12, 3.13, 3.14 and 3.15).
         hash_strings: compute the hash of every str a live object refers to.
         trim: call ``malloc_trim(0)`` where glibc provides it.
+        fill_holes: allocate, and keep for good, the free blocks left in pymalloc's partly used
+            pools and the free chunks in glibc's bins (main arena, glibc 2.33+). A child's
+            allocations then come from fresh pools and the top of the heap instead of writing
+            (and copying) the shared pages around those holes. The memory was the parent's
+            already; ``WarmupReport.holes_filled_bytes`` says how much.
 
     Returns:
         A [`WarmupReport`][forkmem.WarmupReport].
@@ -99,6 +115,7 @@ def warmup(
         ("immortalize", immortalize),
         ("hash_strings", hash_strings),
         ("trim", trim),
+        ("fill_holes", fill_holes),
     ):
         check_bool(f"warmup({name}=...)", value)
     from forkmem import _immortal
@@ -111,6 +128,7 @@ def warmup(
     strings_hashed = immortalized = immortalized_bytes = 0
     skipped: dict[str, int] = {}
     trim_released = False
+    holes_filled = holes_filled_bytes = 0
 
     was_enabled = gc.isenabled()
     gc.disable()  # nothing may be collected (or freed) between the steps
@@ -155,6 +173,20 @@ def warmup(
         else:
             steps_skipped["trim"] = "trim=False"
 
+        if fill_holes:
+            start = time.perf_counter()
+            holes = _holes.fill_holes()
+            seconds["fill_holes"] = time.perf_counter() - start
+            holes_filled = holes.blocks + holes.chunks
+            holes_filled_bytes = holes.block_bytes + holes.chunk_bytes
+            if holes.skipped:
+                steps_skipped["fill_holes"] = "; ".join(
+                    f"{allocator}: {why}" for allocator, why in holes.skipped.items()
+                )
+            del holes  # like the trim outcome: dead before the freeze
+        else:
+            steps_skipped["fill_holes"] = "fill_holes=False"
+
         start = time.perf_counter()
         gc.freeze()
         frozen = gc.get_freeze_count()
@@ -173,6 +205,8 @@ def warmup(
         immortalized_bytes=immortalized_bytes,
         skipped=skipped,
         trim_released=trim_released,
+        holes_filled=holes_filled,
+        holes_filled_bytes=holes_filled_bytes,
         steps_skipped=steps_skipped,
         seconds=seconds,
     )

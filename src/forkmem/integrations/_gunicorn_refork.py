@@ -6,10 +6,11 @@ builds lazily: caches, compiled templates, specialized bytecode, the allocator's
 holes. Workers forked from the master build all of that again, each its own copy; workers forked
 from that worker share it. So the first worker to get there claims the one token, stops taking
 requests, warms what it built (a young collection, immortalization where supported,
-``malloc_trim``, ``gc.freeze()``) and becomes a `forkmem._fork_server.ForkServer`. The
-master adopts it, takes it out of its worker table, and from then on every worker it spawns is
-forked by the mold; it replaces its own workers one at a time (one extra worker from the mold,
-then gunicorn retires the oldest, gracefully, as for a TTOU).
+``malloc_trim``, filling the allocators' holes, ``gc.freeze()``) and becomes a
+`forkmem._fork_server.ForkServer`. The master adopts it, takes it out of its worker table, and
+from then on every worker it spawns is forked by the mold; it replaces its own workers one at a
+time (one extra worker from the mold, then gunicorn retires the oldest, gracefully, as for a
+TTOU).
 
 Mold-forked workers are the master's own children (it is a child subreaper while it asks for
 one), in its worker table with their heartbeat file (passed to them over the socket), so
@@ -31,6 +32,7 @@ import time
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from forkmem._fork_server import ForkServer, ForkServerError
+from forkmem._holes import fill_holes
 from forkmem._immortal import unsupported_reason
 from forkmem._malloc import malloc_trim
 from forkmem.errors import InvalidArgument
@@ -287,6 +289,7 @@ class Refork:
 
             immortal = immortalize(gc.get_objects()).objects
         malloc_trim()
+        fill_holes()  # its workers then allocate in new pages, not in the mold's shared holes
         gc.freeze()
         os.write(self._announce[1], _PID.pack(os.getpid()))
         self._close_channels()

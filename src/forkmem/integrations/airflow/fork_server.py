@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from forkmem import _immortal
 from forkmem._fork_server import ForkServer, ForkServerError
+from forkmem._holes import fill_holes
 from forkmem.errors import UnsupportedPlatform, UnsupportedRuntime
 from forkmem.integrations.airflow import _private_api
 
@@ -67,12 +68,14 @@ def _resolve(name: str) -> Any:
 
 
 def _warm_new_objects(immortalize: bool, hash_strings: bool) -> None:
-    """Collect, then warm and freeze only what is not frozen yet (the server's new imports)."""
+    """Collect, then warm and freeze only what is not frozen yet (the server's new imports), and
+    fill the allocators' holes those left, so the children allocate in new pages."""
     gc.collect()
     if immortalize:
         _immortal.immortalize(gc.get_objects(), hash_strings=hash_strings)
     elif hash_strings:
         _immortal.hash_reachable_strings(gc.get_objects())
+    fill_holes()
     gc.freeze()
 
 
