@@ -11,6 +11,8 @@ each variant for ``--seconds`` with ``parsing_processes=2``:
 - ``warmup``: ``forkmem.warmup()`` (str hashes, malloc_trim, freeze).
 - ``immortalize``: ``forkmem.warmup(immortalize=True)`` (CPython 3.12+).
 - ``rehearse``: immortalize, plus the parse rehearsal.
+- ``default-unpacked``: ``default`` with ``--forkmem-no-pack-code`` (the rehearsal leaves the
+  code objects where the imports put them).
 - ``default``: the entrypoint with no flags: the best mode this runtime supports (immortalize
   where it can, rehearsal, fork server).
 
@@ -65,6 +67,7 @@ VARIANTS: dict[str, list[str]] = {
     "warmup": ["--forkmem-plain", "--forkmem-warmup"],
     "immortalize": ["--forkmem-plain", "--forkmem-immortalize"],
     "rehearse": ["--forkmem-plain", "--forkmem-immortalize", "--forkmem-rehearse"],
+    "default-unpacked": ["--forkmem-no-pack-code"],
     "default": [],
 }
 

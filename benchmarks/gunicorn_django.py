@@ -12,7 +12,9 @@ every worker from outside (``forkmem.memory``) and the whole tree (``forkmem.mem
 - ``immortalize``: ``configure(warmup=True, immortalize=True)`` (CPython 3.12/3.13).
 - ``default``: forkmem's one-line config as shipped (the import, nothing else).
 - ``rehearse-once``: the default plus ``rehearse=[the pages]`` served once in the master.
-- ``rehearse``: the same with the default ``rehearse_rounds`` (32 rounds of the pages).
+- ``rehearse-unpacked``: 32 rounds of the pages, with ``pack_code=False`` (the code objects stay
+  where the imports put them).
+- ``rehearse``: the same with the defaults: 32 rounds, the code the pages run packed together.
 - ``rehearse-quiet``: ``rehearse`` without the per-worker memory sampler (its thread's stack and
   malloc arena are private to each worker).
 - ``refork``: the default plus ``refork_after=N``: a worker warmed by real traffic forks the rest.
@@ -66,6 +68,7 @@ VARIANTS: dict[str, str | None] = {
     "immortalize": "configure(warmup=True, immortalize=True)",
     "default": "",
     "rehearse-once": "configure(rehearse={paths!r}, rehearse_rounds=1)",
+    "rehearse-unpacked": "configure(rehearse={paths!r}, pack_code=False)",
     "rehearse": "configure(rehearse={paths!r})",
     "rehearse-quiet": "configure(rehearse={paths!r}, sample_memory=False)",
     "refork": "configure(refork_after={refork_after})",

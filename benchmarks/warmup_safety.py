@@ -1,8 +1,10 @@
 """Safety run for ``forkmem.warmup(immortalize=True)``: many forked children, mixed workload.
 
 Each repeat starts a fresh parent interpreter that imports 100+ stdlib modules, builds some
-state (classes, instances, weak references, a waiting thread), runs
-``warmup(immortalize=True)``, then forks ``--forks`` children. Every child reads the parent's
+state (classes, instances, weak references, a waiting thread), rehearses the children's
+workload as the integrations do (once, once recorded, the code it ran packed together, twice
+more), runs ``warmup(immortalize=True)`` (which fills the allocators' holes), then forks
+``--forks`` children. Every child reads the parent's
 objects and runs json, re, asyncio, threads, sqlite3, exceptions, weakrefs, new classes and
 decimal, collects, and finishes through normal interpreter shutdown. The run passes when every
 child and every parent exits 0 and nothing is printed on stderr (no "Fatal Python error", no
@@ -204,6 +206,22 @@ def _workload(state: dict[str, object]) -> None:
     gc.collect()
 
 
+def _rehearse(state: dict[str, object]) -> int:
+    """Run the workload here first, as gunicorn's and Airflow's rehearsals do: the second run
+    is recorded and the code it ran is packed (the integrations' default); returns how many
+    code objects moved."""
+    from forkmem._code_pack import CodeRecorder, pack
+
+    _workload(state)
+    with CodeRecorder() as recorder:
+        _workload(state)
+    packed = pack(recorder.codes.values()).codes
+    del recorder
+    _workload(state)
+    _workload(state)
+    return packed
+
+
 def _reap(pids: dict[int, int], deadline: float) -> dict[int, int]:
     statuses: dict[int, int] = {}
     while pids and time.monotonic() < deadline:
@@ -229,6 +247,7 @@ def parent_main(forks: int, parallel: int, immortalize: bool, timeout: float) ->
     warnings.filterwarnings("ignore", r"This process .* is multi-threaded", DeprecationWarning)
     modules = _import_stdlib()
     state = _build_state()
+    packed = _rehearse(state)
     report = forkmem.warmup(immortalize=immortalize)
     sys.stdout.flush()
     sys.stderr.flush()
@@ -266,6 +285,8 @@ def parent_main(forks: int, parallel: int, immortalize: bool, timeout: float) ->
                 "forks": forks,
                 "ok": forks - len(failed),
                 "failed": failed,
+                "code_packed": packed,
+                "holes_filled": report.holes_filled,
                 "immortalized": report.immortalized,
                 "skipped": dict(report.skipped),
                 "warmup_seconds": round(report.total_seconds, 3),

@@ -62,6 +62,7 @@ def test_good_rehearsal_requests_pass() -> None:
         {"rehearse_rounds": True},
         {"rehearse_rounds": 2.0},
         {"rehearse_rounds": 1001},
+        {"pack_code": "no"},
     ],
 )
 def test_configure_rejects_bad_flags(kwargs: dict[str, Any]) -> None:

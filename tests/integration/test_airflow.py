@@ -158,6 +158,16 @@ def test_flags_and_variables_win_over_the_best_mode(
     assert skipped == ()
 
 
+def test_code_packing_is_on_by_default_and_each_switch_turns_it_off() -> None:
+    assert fa.AirflowOptions().pack_code
+    assert not fa.AirflowOptions.from_env({"FORKMEM_AIRFLOW_PACK_CODE": "0"}).pack_code
+    opts, _ = fa_cli.best_options({**NO_FLAGS, "pack_code": False}, environ={})
+    assert not opts.pack_code
+    parser = fa_cli._build_parser()
+    args = parser.parse_args(["dag-processor", "--forkmem-no-pack-code"])
+    assert args.forkmem_pack_code is False
+
+
 def test_stock_arguments_drop_forkmem_options() -> None:
     given = [
         "dag-processor", "--forkmem-plain", "-n", "3", "--forkmem-stats-file", "s.jsonl",
@@ -579,6 +589,7 @@ def test_no_flags_fork_server_children_are_the_managers_and_copy_least(
     assert "skipped" not in log
     assert setup[0]["fork_server"] is True, log[-3000:]
     assert setup[0]["rehearsal_seconds"] is not None, log[-3000:]
+    assert "forkmem: parse rehearsal packed " in log, log[-3000:]
     events = _records(tmp_path / "server" / "stats.jsonl", "fork_server")
     servers = {e["pid"] for e in events if e["action"] == "start"}
     assert servers, log[-3000:]

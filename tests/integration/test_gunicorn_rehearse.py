@@ -132,7 +132,7 @@ def test_rehearsed_workers_keep_less_private_memory(
     assert served > 0
     assert failed == 0
     assert "forkmem: rehearsed 3 request(s) x 32 round(s) in the gunicorn master" in text
-    assert "(0 failed); closed django" in text
+    assert "(0 failed); closed django; packed " in text  # the request path's code, together
     # What the first requests build (the resolver, templates, translations) is shared now.
     assert max(warm_uss) < min(plain_uss) - 1 * MiB, (plain_uss, warm_uss)
 

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote, urlsplit
 
+from forkmem._code_pack import CodeRecorder, PackReport, pack
 from forkmem.errors import InvalidArgument
 from forkmem.integrations._fork_safety import Settled, settle, snapshot
 
@@ -39,12 +40,14 @@ _TIMEOUT = 30.0  # per request: a rehearsal must never hang the master
 
 @dataclass(frozen=True, slots=True)
 class RehearsalReport:
-    """How a rehearsal went: requests answered 2xx, the others, seconds, what was cleaned up."""
+    """How a rehearsal went: requests answered 2xx, the others, seconds, what was cleaned up,
+    and the code packing (None when it did not run)."""
 
     ok: int
     failed: int
     seconds: float
     settled: Settled
+    packed: PackReport | None = None
 
 
 def check_requests(name: str, requests: object) -> tuple[Request, ...]:
@@ -138,13 +141,17 @@ def _serve_logged(worker: Any, path: str, wire: bytes) -> bool:
     return True
 
 
-def rehearse(server: Any, requests: Sequence[Request], *, rounds: int = 1) -> RehearsalReport:
+def rehearse(
+    server: Any, requests: Sequence[Request], *, rounds: int = 1, pack_code: bool = False
+) -> RehearsalReport:
     """Serve each request in this process with a sync worker object of ``server`` (the
     arbiter), ``rounds`` times, then `settle()` what the app left behind.
 
     A request that raises or answers anything but 2xx in the first round is logged with its path,
-    counted in ``failed`` and not served again; the others still run. Raises `UnsafeToFork` when
-    the app left threads running.
+    counted in ``failed`` and not served again; the others still run. With ``pack_code`` and at
+    least two rounds, the second round records the code objects it runs and `pack()` moves them
+    together before the later rounds specialize them. Raises `UnsafeToFork` when the app left
+    threads running.
     """
     from gunicorn.workers.sync import SyncWorker
 
@@ -162,12 +169,25 @@ def rehearse(server: Any, requests: Sequence[Request], *, rounds: int = 1) -> Re
         worker.wsgi = server.app.wsgi()
         wires = [_http(request, host) for request in requests]
         good = [wire for path, wire in wires if _serve_logged(worker, path, wire)]
-        for _ in range(rounds - 1):
+
+        def serve_round() -> None:
             for wire in good:
                 with contextlib.suppress(Exception):  # the first round logged how it answers
                     _serve_one(worker, wire)
+
+        left = rounds - 1
+        packed = None
+        if pack_code and good and left:
+            # Round 1 ran the one-off start-up paths; round 2 is the request path itself.
+            with CodeRecorder() as recorder:
+                serve_round()
+            left -= 1
+            packed = pack(recorder.codes.values())
+            del recorder
+        for _ in range(left):
+            serve_round()
     finally:
         worker.tmp.close()
     ok, failed = len(good), len(wires) - len(good)
     settled = settle(before, what="the rehearsal")
-    return RehearsalReport(ok, failed, time.perf_counter() - started, settled)
+    return RehearsalReport(ok, failed, time.perf_counter() - started, settled, packed)

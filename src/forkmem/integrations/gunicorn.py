@@ -29,6 +29,7 @@ from forkmem._disable import disabled
 from forkmem._exporter import Exporter, parse_listen
 from forkmem._immortal import unsupported_reason
 from forkmem._sampler import PeakSlot, Sampler, log_peak
+from forkmem._validate import check_bool
 from forkmem.errors import InvalidArgument
 from forkmem.integrations import _gunicorn_recycle as _recycle
 from forkmem.integrations._common import (
@@ -62,6 +63,7 @@ _refork: Refork | None = None
 # settle in the master instead of being rewritten in every worker).
 _REHEARSE_ROUNDS = 32
 _rehearse_rounds = _REHEARSE_ROUNDS
+_pack_code = True
 
 
 def configure(
@@ -72,6 +74,7 @@ def configure(
     duty_cycle: float = 0.01,
     rehearse: Sequence[str | Mapping[str, Any]] = (),
     rehearse_rounds: int = _REHEARSE_ROUNDS,
+    pack_code: bool = True,
     max_private_memory: str | int | None = None,
     max_private_memory_hard: str | int | None = None,
     recycle_measure: str = "uss",
@@ -93,7 +96,11 @@ def configure(
     [`UnsafeToFork`][forkmem.UnsafeToFork] (see ``docs/integrations/gunicorn.md``).
     ``rehearse_rounds`` (32) is how many times the list is served: the bytecode the requests run
     is specialized and its counters settle in the master, not in each worker; ``1`` serves each
-    request once.
+    request once. ``pack_code`` (on by default, with two rounds or more): the second round records
+    which code objects the requests run, and those are copied next to each other into fresh
+    memory (functions repointed) before the later rounds specialize them, so each worker's
+    bytecode-counter writes land on a few dense pages instead of one page per function
+    (`forkmem` docs: "Code packing"); ``False`` leaves code where the imports put it.
     ``sample_memory`` samples each worker's peak private memory at most ``duty_cycle`` of one CPU,
     logged at [`child_exit()`][forkmem.integrations.gunicorn.child_exit].
 
@@ -107,9 +114,9 @@ def configure(
 
     ``refork_after=N``: the first worker to serve N requests becomes the *mold*: it stops taking
     requests, warms what it built (a collection, immortalization where supported,
-    ``malloc_trim``, ``gc.freeze()``) and forks every later worker; the master replaces the
-    others one at a time, gracefully. sync and gthread workers only (an
-    `InvalidArgument` at start-up otherwise), Linux only.
+    ``malloc_trim``, filling the allocators' holes, ``gc.freeze()``) and forks every later
+    worker; the master replaces the others one at a time, gracefully. sync and gthread workers
+    only (an `InvalidArgument` at start-up otherwise), Linux only.
     """
     policy = RecyclePolicy.build(
         max_private_memory,
@@ -146,11 +153,12 @@ def configure(
             f"configure(rehearse_rounds=...) must be a number of rounds from 1 to 1000; "
             f"got {rehearse_rounds!r}"
         )
+    check_bool("configure(pack_code=...)", pack_code)
     if metrics is not None:
         parse_listen(metrics)
-    global _refork_after, _rehearse_rounds
+    global _refork_after, _rehearse_rounds, _pack_code
     _settings, _rehearsal, _refork_after = settings, requests, refork_after
-    _rehearse_rounds = rehearse_rounds
+    _rehearse_rounds, _pack_code = rehearse_rounds, pack_code
 
 
 def _immortalize() -> bool:
@@ -170,10 +178,10 @@ def _rehearse(server: Any) -> None:
     if app is None or not getattr(cfg, "preload_app", False):
         _logger.warning("forkmem: rehearse needs preload_app = True; not rehearsing")
         return
-    report = rehearse(server, _rehearsal, rounds=_rehearse_rounds)
+    report = rehearse(server, _rehearsal, rounds=_rehearse_rounds, pack_code=_pack_code)
     _logger.info(
         "forkmem: rehearsed %d request(s) x %d round(s) in the gunicorn master in %.3f s "
-        "(%d failed)%s",
+        "(%d failed)%s%s",
         len(_rehearsal),
         _rehearse_rounds,
         report.seconds,
@@ -181,6 +189,7 @@ def _rehearse(server: Any) -> None:
         "; closed " + ", ".join(report.settled.databases_closed)
         if report.settled.databases_closed
         else "",
+        "; " + report.packed.describe() if report.packed is not None else "",
     )
 
 

@@ -82,6 +82,12 @@ _SWITCHES = (
         "do not parse forkmem's own DAG in the manager first",
     ),
     (
+        "--forkmem-no-pack-code",
+        "forkmem_pack_code",
+        False,
+        "rehearse without packing the code the rehearsal runs",
+    ),
+    (
         "--forkmem-no-fork-server",
         "forkmem_fork_server",
         False,
@@ -137,6 +143,7 @@ def _flags(args: argparse.Namespace) -> dict[str, Any]:
         "immortalize": args.forkmem_immortalize,
         "measure_children": args.forkmem_measure_children,
         "rehearse": args.forkmem_rehearse,
+        "pack_code": args.forkmem_pack_code,
         "fork_server": args.forkmem_fork_server,
         "stats_file": args.forkmem_stats_file,
         "preimport": split_modules(args.forkmem_preimport) if args.forkmem_preimport else None,

@@ -26,6 +26,7 @@ _BOOL_FIELDS = (
     "check_bytecode",
     "measure_children",
     "rehearse",
+    "pack_code",
     "fork_server",
 )
 
@@ -67,6 +68,11 @@ class AirflowOptions:
     caches and specialized bytecode that every parse child would otherwise build for itself, in
     pages it shares with the manager, are then built once and shared. Skipped, with a warning, on an
     Airflow whose parse path it does not know."""
+    pack_code: bool = True
+    """With ``rehearse``: copy the code objects the rehearsal parse runs next to each other into
+    fresh memory (functions repointed) before the later rehearsal parses specialize them, so a
+    parse child's bytecode-counter writes land on a few dense pages instead of one page per
+    function. ``False`` leaves code where the imports put it."""
     fork_server: bool = False
     """Fork parse children from a quiet copy of the manager (Linux), one per parsing round,
     instead of from the manager itself. A child then no longer keeps private copies of the pages

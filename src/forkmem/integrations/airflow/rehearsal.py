@@ -4,7 +4,10 @@ Every parse child runs the same Airflow code: it imports the modules the parse p
 lazily, fills caches (typing, re, pydantic, linecache), records dict-key versions, and its first
 run of each function writes the specializing interpreter's counters into the code object (3.11+).
 In a child all of that lands on pages it shares with the manager, so each child copies them.
-Run once in the manager before ``warmup()``, it is done in pages every child shares instead.
+Run in the manager before ``warmup()``, it is done in pages every child shares instead. The DAG
+is parsed `ROUNDS` times: the second parse records the code objects the parse path runs, which
+are then packed next to each other in fresh memory (`forkmem._code_pack`), and the later parses
+specialize the packed copies, so a child's counter writes land on a few dense pages.
 
 The DAG is forkmem's own one-task DAG, written to a temporary directory that is removed at
 once. The only user code that can run is what Airflow runs on every DAG it parses: cluster
@@ -21,9 +24,14 @@ import time
 from pathlib import Path
 from typing import Any
 
+from forkmem._code_pack import CodeRecorder, pack
 from forkmem.integrations.airflow import _private_api
 
-__all__ = ["rehearse_parse"]
+__all__ = ["ROUNDS", "rehearse_parse"]
+
+ROUNDS = 8
+"""Parses of the rehearsal DAG: one for the start-up paths, one recorded for packing, the rest to
+specialize the packed code in the manager."""
 
 _logger = logging.getLogger("forkmem.airflow")
 
@@ -60,8 +68,10 @@ class _Log:
     exception = error
 
 
-def rehearse_parse() -> float | None:
-    """Parse and serialize forkmem's DAG with Airflow's parse-child code, in this process.
+def rehearse_parse(*, rounds: int = ROUNDS, pack_code: bool = True) -> float | None:
+    """Parse and serialize forkmem's DAG with Airflow's parse-child code, in this process,
+    ``rounds`` times; with ``pack_code`` (and two rounds or more) the code the second parse runs
+    is packed together before the later ones.
 
     Returns the seconds it took, or None (logged) when this Airflow cannot be rehearsed.
     """
@@ -77,6 +87,16 @@ def rehearse_parse() -> float | None:
             if problem is not None:
                 _logger.warning("forkmem: the parse rehearsal found %s; skipped", problem)
                 return None
+            left = rounds - 1
+            if pack_code and left:
+                with CodeRecorder() as recorder:
+                    _private_api.parse_and_encode(str(path), folder, _Log())
+                left -= 1
+                packed = pack(recorder.codes.values())
+                del recorder
+                _logger.info("forkmem: parse rehearsal %s", packed.describe())
+            for _ in range(left):
+                _private_api.parse_and_encode(str(path), folder, _Log())
     except Exception as exc:  # an optimisation only: never stop the dag-processor for it
         _logger.warning("forkmem: parse rehearsal skipped: %s: %s", type(exc).__name__, exc)
         return None

@@ -307,7 +307,7 @@ class Session:
         if opts.rehearse:
             from forkmem.integrations.airflow.rehearsal import rehearse_parse
 
-            self.rehearsal_seconds = rehearse_parse()
+            self.rehearsal_seconds = rehearse_parse(pack_code=opts.pack_code)
         if opts.check_bytecode:  # after the preimports, so they are checked too
             _warn_bytecode()
         if opts.measure_children:
