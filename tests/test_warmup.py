@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ctypes
 import gc
+import importlib
 import json
 import os
 import platform
@@ -86,10 +87,15 @@ def _fresh_str(i: int) -> str:
 
 def test_report_fields_and_freeze() -> None:
     def child() -> dict[str, Any]:
-        for _ in range(100):  # garbage cycles the full collection must find
+        # No automatic collection may find the cycles first, neither while they are made nor
+        # while warmup() imports what it needs: warmup's own collection must.
+        importlib.import_module("forkmem._immortal")
+        gc.disable()
+        for _ in range(100):
             a: list[Any] = []
             a.append(a)
         del a
+        gc.enable()
         report = forkmem.warmup()
         return {
             "frozen": report.frozen,
