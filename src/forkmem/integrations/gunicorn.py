@@ -6,8 +6,8 @@ In ``gunicorn.conf.py``::
 
     preload_app = True
 
-The import defines ``when_ready``, ``pre_fork``, ``post_fork``, ``worker_exit`` and
-``child_exit``; gunicorn picks them up by name.
+The import defines ``when_ready``, ``pre_fork``, ``post_fork``, ``worker_exit``,
+``child_exit`` and ``post_request``; gunicorn picks them up by name.
 
 Where each hook runs (gunicorn's arbiter): the master loads the app (``preload_app``), opens the
 listeners, calls [`when_ready()`][forkmem.integrations.gunicorn.when_ready], then for each worker
