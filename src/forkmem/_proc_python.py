@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from forkmem._common import check_pid
+from forkmem._pycbuild import read_source
 from forkmem.errors import NoSuchProcess
 
 if TYPE_CHECKING:
@@ -90,10 +91,10 @@ def _decode(raw: bytes) -> str:
 
 def _pyvenv(venv: str) -> dict[str, str]:
     try:
-        with open(os.path.join(venv, "pyvenv.cfg"), encoding="utf-8", errors="replace") as f:
-            lines = f.read().splitlines()
+        raw, _ = read_source(os.path.join(venv, "pyvenv.cfg"))  # a regular file, or nothing
     except OSError:
         return {}
+    lines = raw.decode("utf-8", "replace").splitlines()
     out = {}
     for line in lines:
         key, sep, value = line.partition("=")

@@ -13,6 +13,7 @@ import sys
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
+from forkmem._pycbuild import read_source
 from forkmem._units import format_bytes
 
 if TYPE_CHECKING:
@@ -367,10 +368,11 @@ def _target_paths(t: PythonProcess) -> list[str]:
             continue
         for name in names:
             try:
-                with open(os.path.join(site_dir, name), encoding="utf-8", errors="replace") as f:
-                    lines = f.read().splitlines()
-            except OSError:
+                # Another user's file, read as root: never a FIFO (open blocks) nor a device.
+                raw, _ = read_source(os.path.join(site_dir, name))
+            except OSError:  # NotRegular included
                 continue
+            lines = raw.decode("utf-8", "replace").splitlines()
             for line in lines:
                 line = line.strip()
                 if not line or line.startswith(("#", "import ", "import\t")):
