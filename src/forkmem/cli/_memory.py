@@ -7,6 +7,7 @@ the watch loop all render that dict, so sorting and grouping work the same in ev
 from __future__ import annotations
 
 import os
+import stat
 import sys
 import time
 
@@ -116,8 +117,15 @@ def run(args: argparse.Namespace) -> int:
 def read_pid_file(path: str) -> int:
     """The pid written in ``path`` (a server's pid file), as a typed error when unusable."""
     try:
-        with open(path, "rb") as f:
-            text = f.read(64).strip()
+        # Non-blocking, and only a regular file: the service user may have put a FIFO there,
+        # and opening one waits for a writer forever.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise InvalidArgument(f"cannot read pid file {path}: not a regular file")
+            text = os.read(fd, 64).strip()
+        finally:
+            os.close(fd)
     except OSError as exc:
         raise InvalidArgument(f"cannot read pid file {path}: {exc.strerror}") from None
     if not text.isdigit() or int(text) <= 0:
