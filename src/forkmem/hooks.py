@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal, TypeVar, overload
 
 from forkmem import forkinfo
+from forkmem._validate import check_bool
 from forkmem.errors import InvalidArgument
 
 if TYPE_CHECKING:
@@ -234,6 +235,7 @@ def hook_errors(*, clear: bool = False) -> tuple[HookError, ...]:
     while reading it: an error recorded meanwhile by a thread that forks is either returned by
     this call or kept for the next one, never dropped.
     """
+    check_bool("hook_errors(clear=...)", clear)  # "no" is truthy: it would clear the record
     if not clear:
         return tuple(_errors.copy())  # one C call: a concurrent append cannot break the copy
     # Drain one entry at a time instead of copy-then-clear: each popleft() is atomic (the GIL,

@@ -1,0 +1,27 @@
+"""hook_errors(clear=...) takes a bool: a string such as "no" used to clear the record."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+import forkmem
+
+
+def test_a_non_bool_clear_is_invalid_and_keeps_the_errors() -> None:
+    def broken() -> None:
+        raise RuntimeError("review: recorded")
+
+    hook = forkmem.at_fork(after_in_parent=broken, name="review.broken")
+    try:
+        pid = os.fork()
+        if pid == 0:
+            os._exit(0)
+        os.waitpid(pid, 0)
+    finally:
+        hook.remove()
+    with pytest.raises(forkmem.InvalidArgument):
+        forkmem.hook_errors(clear="no")  # type: ignore[arg-type]
+    assert any(e.hook == "review.broken" for e in forkmem.hook_errors())
+    forkmem.hook_errors(clear=True)
