@@ -55,11 +55,12 @@ def test_soft_limit_needs_consecutive_samples() -> None:
         served=lambda: 7,
         on_soft=decided.append,
     )
-    for uss in (150, 50, 150, 90, 150):  # never two in a row
-        monitor.observe(_usage(uss * MiB))
+    # Each sample over the limit asks for a quick confirmation (True); one under it does not.
+    hurry = [monitor.observe(_usage(uss * MiB)) for uss in (150, 50, 150, 90, 150)]
+    assert hurry == [True, False, True, False, True]  # never two in a row
     assert decided == []
     assert not monitor.retiring
-    monitor.observe(_usage(160 * MiB))
+    assert monitor.observe(_usage(160 * MiB)) is False  # decided: nothing left to confirm
     assert monitor.retiring
     [event] = decided
     assert (event.kind, event.value, event.limit, event.samples, event.served) == (

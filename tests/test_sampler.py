@@ -80,6 +80,19 @@ def test_interval_keeps_the_duty_cycle() -> None:
     assert Sampler(min_interval=0.5).next_interval() == 0.5
 
 
+def test_a_crossed_limit_is_confirmed_at_the_shortest_interval() -> None:
+    answers = iter([True, None, False])
+    sampler = Sampler(duty_cycle=0.0001, min_interval=0.05, on_sample=lambda _: next(answers))
+    assert sampler.sample()
+    assert sampler.next_interval() == 0.05  # True: confirm now, whatever the sample cost
+    for _ in range(2):  # None and False: back to the duty cycle's pause
+        assert sampler.sample()
+        assert sampler.next_interval() == pytest.approx(
+            sampler.last_sample_seconds * (1 / 0.0001 - 1)
+        )
+        assert sampler.next_interval() > 0.05
+
+
 def test_thread_samples_until_stopped() -> None:
     sampler = Sampler(min_interval=0.01).start()
     assert sampler.start() is sampler  # idempotent

@@ -128,6 +128,9 @@ class Sampler:
     between samples, in seconds, so small workers are not sampled needlessly often.
     ``on_sample`` is called with every sample's [`MemoryUsage`][forkmem.MemoryUsage], in the
     sampling thread (a recycle policy acts on it); an exception from it is logged, never raised.
+    When it returns ``True`` (a limit is crossed but not yet confirmed) the next sample comes
+    after ``min_interval``: a growing worker's samples cost more and so come further apart, and
+    confirming late lets a leak run on for seconds.
     """
 
     def __init__(
@@ -137,7 +140,7 @@ class Sampler:
         duty_cycle: float = 0.01,
         min_interval: float = 0.1,
         slot: PeakSlot | None = None,
-        on_sample: Callable[[MemoryUsage], None] | None = None,
+        on_sample: Callable[[MemoryUsage], bool | None] | None = None,
     ) -> None:
         if isinstance(pid, bool) or (pid is not None and (not isinstance(pid, int) or pid <= 0)):
             raise InvalidArgument(f"pid must be a positive integer or None; got {pid!r}")
@@ -162,6 +165,7 @@ class Sampler:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._dead = False
+        self._hurry = False
 
     def sample(self) -> bool:
         """Take one sample now; ``False`` once the process is gone or cannot be read."""
@@ -202,14 +206,15 @@ class Sampler:
         self._peak_dirty = peak.peak_private_dirty
         if self.on_sample is not None:
             try:
-                self.on_sample(usage)
+                self._hurry = self.on_sample(usage) is True
             except Exception:
+                self._hurry = False
                 _logger.exception("sampler: the on_sample callback raised")
         return True
 
     def next_interval(self) -> float:
         """Seconds to sleep after a sample so that sampling stays within ``duty_cycle``."""
-        if self._samples == 0:
+        if self._samples == 0 or self._hurry:
             return self.min_interval
         # The latest cost, not the mean: the first read also pays for lazy imports, and the cost
         # follows the worker's resident size as it grows or shrinks.
@@ -232,6 +237,7 @@ class Sampler:
             self._peak_uss = self._peak_dirty = self._last_uss = self._samples = 0
             self._cost = self.last_sample_seconds = 0.0
             self._dead = False
+            self._hurry = False
         # A fresh event for each thread: one inherited through a fork may be locked for good
         # (its thread was inside wait() at the fork), and a thread that outlived stop()'s join
         # must not be revived by clearing the event it is waiting on.

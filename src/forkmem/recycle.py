@@ -228,22 +228,28 @@ class RecycleMonitor:
             handler.flush()
         os.kill(os.getpid(), signal.SIGKILL)
 
-    def observe(self, usage: MemoryUsage) -> None:
-        """Feed one sample; acts when a limit decides."""
+    def observe(self, usage: MemoryUsage) -> bool:
+        """Feed one sample; acts when a limit decides.
+
+        Returns ``True`` while the soft limit is crossed but not yet held for ``samples``
+        samples, so the sampler confirms it at once rather than after its usual pause.
+        """
         value = self.policy.value(usage)
         if value is None:
-            return
+            return False
         hard = self.policy.max_private_memory_hard
         if hard is not None and value > hard:
             self._decide(self._event("hard", value, hard), self._on_hard)
-            return
+            return False
         soft = self.policy.max_private_memory
         if soft is None or self.retiring:
-            return
+            return False
         self.over = self.over + 1 if value > soft else 0
         if self.over >= self.policy.samples:
             self.retiring = True
             self._decide(self._event("soft", value, soft), self._on_soft)
+            return False
+        return self.over > 0
 
 
 # pid, kind, measure, value, limit, samples, served, age, when

@@ -96,7 +96,7 @@ def arm() -> None:
     _armed = slot
 
 
-def watch(policy: RecyclePolicy) -> Callable[[MemoryUsage], None]:
+def watch(policy: RecyclePolicy) -> Callable[[MemoryUsage], bool]:
     """Child, at ``worker_process_init``: the monitor for the sampler, and billiard's check."""
     import billiard.pool
 

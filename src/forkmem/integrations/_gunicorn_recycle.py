@@ -47,7 +47,7 @@ def _leave_gracefully(event: RecycleEvent) -> None:
     os.kill(os.getpid(), signal.SIGTERM)
 
 
-def watch(worker: Any, policy: RecyclePolicy) -> Callable[[MemoryUsage], None]:
+def watch(worker: Any, policy: RecyclePolicy) -> Callable[[MemoryUsage], bool]:
     """Worker, in ``post_fork``: the monitor to feed with every sample."""
     monitor = RecycleMonitor(
         policy,
