@@ -28,7 +28,8 @@ def test_compile_bytecode_none_is_invalid_and_writes_nothing(tmp_path: Path) -> 
             print("accepted")
         """
     )
-    env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1", "PYTHONPATH": str(tmp_path)}
+    path = os.pathsep.join(p for p in (str(tmp_path), os.environ.get("PYTHONPATH")) if p)
+    env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1", "PYTHONPATH": path}
     proc = subprocess.run(
         [sys.executable, "-c", script],
         cwd=tmp_path,
