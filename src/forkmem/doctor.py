@@ -359,7 +359,13 @@ def _runtime(t: PythonProcess) -> Finding:
 def _target_paths(t: PythonProcess) -> list[str]:
     """The target's import path as site would build it: script dir, PYTHONPATH, site dirs and
     the directories their ``.pth`` files add (``import`` lines are code: never run)."""
-    out = [p for p in (t.script_dir, *t.pythonpath) if p and os.path.isdir(p)]
+    # Not the filesystem root: that is the working directory of a `python -m`/`-c` service that
+    # systemd started in /, and walking it checks every .py on the machine (minutes, /proc too).
+    out = [
+        p
+        for p in (t.script_dir, *t.pythonpath)
+        if p and os.path.isdir(p) and os.path.realpath(p) != "/"
+    ]
     for site_dir in t.site_packages:
         out.append(site_dir)
         try:
@@ -378,7 +384,7 @@ def _target_paths(t: PythonProcess) -> list[str]:
                 if not line or line.startswith(("#", "import ", "import\t")):
                     continue
                 path = os.path.normpath(os.path.join(site_dir, line))
-                if os.path.isdir(path):
+                if os.path.isdir(path) and os.path.realpath(path) != "/":
                     out.append(path)
     unique: list[str] = []
     for p in out:
