@@ -102,7 +102,12 @@ def test_kernel_memory_growing_while_processes_do_not_is_named(grow: Any, tmp_pa
         pytest.skip("no readable cgroup kernel-memory counter here")
     tree = grow("dentries", RATE, str(tmp_path))
     report = _watch(tree["root"])
+    if report["primary"] is None:
+        # The kernel counter is the whole cgroup's: other processes freeing slab in the same
+        # 6 s (a parallel test's children exiting) can hide the growth; one more window decides.
+        report = _watch(tree["root"])
     kinds = [c["kind"] for c in report["causes"]]
+    assert report["primary"] is not None, report
     assert report["primary"]["kind"] == "kernel", report
     assert "bytecode --fix" in report["primary"]["fix"]
     assert "leak" not in kinds, report
