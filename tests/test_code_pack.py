@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+import _immortal_runtime
 from _forking import run_forked
 from forkmem import _code_pack
 from forkmem.testing import run_in_child
@@ -220,3 +221,79 @@ def test_a_child_running_packed_code_copies_far_fewer_pages() -> None:
     # ~1500 pages (6 MiB) copied when scattered; packed, about a tenth of that.
     assert plain["copied"] > 1000 * 4096, plain
     assert packed["copied"] < plain["copied"] / 3, (plain, packed)
+
+
+def test_code_packed_once_is_not_copied_again() -> None:
+    def child() -> dict[str, Any]:
+        with _code_pack.CodeRecorder() as recorder:
+            hot(1)
+        first = _code_pack.pack(recorder.codes.values())
+        copy = hot.__code__
+        with _code_pack.CodeRecorder() as recorder:
+            hot(1)
+        again = _code_pack.pack(recorder.codes.values())
+        return {
+            "first": first.codes >= 1,
+            "again": [again.codes, again.functions],
+            "kept": hot.__code__ is copy,
+        }
+
+    assert run_forked(child) == {"first": True, "again": [0, 0], "kept": True}
+
+
+def _mold_copies(refreeze: bool) -> dict[str, Any]:
+    """A refork in small: this process (the master) builds a heap, makes it immortal and
+    freezes it; its child (the mold) runs some functions, then either packs their code with
+    ``refreeze`` or does what plain pack() leaves to a following warm-up (unfreeze, collect,
+    freeze)."""
+    import gc
+
+    from forkmem._immortal import immortalize
+
+    heap = [{"n": i, "items": [i, (i, "x")]} for i in range(150_000)]
+    funcs, _junk = _scattered(300)
+    gc.collect()
+    immortalize(gc.get_objects())
+    gc.freeze()
+
+    def mold() -> dict[str, Any]:
+        original = funcs[0].__code__
+        with _code_pack.CodeRecorder() as recorder:
+            for f in funcs:
+                f(1)
+        gc.collect()  # the mold's own garbage
+        frozen = gc.get_freeze_count()
+        if refreeze:
+            report = _code_pack.pack(recorder.codes.values(), refreeze=True)
+            immortalize(list(report.copies))
+        else:
+            _code_pack.pack(recorder.codes.values())
+            gc.collect()
+            gc.freeze()
+        return {
+            "moved": funcs[0].__code__ is not original and funcs[0](1) == original_result,
+            "still_frozen": gc.get_freeze_count() >= frozen,
+            "collector_on": gc.isenabled(),
+        }
+
+    original_result = funcs[0](1)
+    result = run_in_child(mold, timeout=120)
+    assert len(heap) == 150_000
+    return {"copied": result.copied, **result.value}
+
+
+@pytest.mark.skipif(
+    not _immortal_runtime.IMMORTAL_SUPPORTED, reason="the mold packs where the master is immortal"
+)
+def test_a_mold_packing_with_refreeze_leaves_the_masters_frozen_heap_shared() -> None:
+    collected = run_forked(lambda: _mold_copies(False), timeout=180)
+    refrozen = run_forked(lambda: _mold_copies(True), timeout=180)
+    for run in (collected, refrozen):
+        assert run["moved"], run
+        assert run["still_frozen"], run
+        assert run["collector_on"], run
+    # The collection over the unfrozen heap writes every object's header: the ~40 MiB heap is
+    # copied. Refreezing costs the recorded code's pages, the functions' and the list of all
+    # objects the search for functions makes (~5 MiB in all here).
+    assert collected["copied"] > 20 * 1024 * 1024, collected
+    assert refrozen["copied"] < collected["copied"] / 4, (collected, refrozen)

@@ -25,7 +25,7 @@ from __future__ import annotations
 import gc
 import sys
 import types
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from forkmem import _holes
@@ -44,6 +44,11 @@ _CAP = 16 << 20  # bytes of holes one size may fill: a bound, far above what a r
 
 # The originals of every packed code object, kept alive for the process's life (see above).
 _originals: list[types.CodeType] = []
+# The copies pack() made (ids; each is kept alive by its original's functions or here): packed
+# once, dense and specialized, they are not copied again by a later pack() (a refork mold's,
+# after the master's rehearsal packed).
+_copies: list[types.CodeType] = []
+_copy_ids: set[int] = set()
 
 
 class CodeRecorder:
@@ -111,7 +116,7 @@ class CodeRecorder:
 class PackReport:
     """What `pack()` did: code objects copied and their bytes, functions repointed, code objects
     left alone (watched by another monitoring tool, or refused by ``replace()``), and how many
-    pages the code objects lay on before and after."""
+    pages the code objects lay on before and after; ``copies`` are the new code objects."""
 
     codes: int
     bytes: int
@@ -119,6 +124,7 @@ class PackReport:
     skipped: int
     pages_before: int
     pages_after: int
+    copies: tuple[types.CodeType, ...] = field(default=(), repr=False, compare=False)
 
     def describe(self) -> str:
         """One log line's worth."""
@@ -152,14 +158,35 @@ def _place(block: int, size: int, claimed: set[int]) -> None:
         _holes.claim_top(size, _CAP)
 
 
-def pack(codes: Iterable[types.CodeType]) -> PackReport:
+def pack(codes: Iterable[types.CodeType], *, refreeze: bool = False) -> PackReport:
     """Copy ``codes`` into fresh memory, together, and repoint every function object at them.
 
     A code object among ``codes`` that holds another one in its constants gets the copy there, so
-    functions it creates later use the packed code too. Objects an earlier ``gc.freeze()`` froze
-    are unfrozen (to find the functions among them) and left for the caller to freeze again.
+    functions it creates later use the packed code too. Copies an earlier call made are left
+    where they are (already together, and specialized by what ran since). Objects an earlier
+    ``gc.freeze()`` froze are unfrozen (to find the functions among them) and left for the caller
+    to freeze again.
+
+    ``refreeze=True`` is for a process whose frozen objects are a forked parent's (a refork
+    mold): the collector stays off for the whole call and everything is frozen again right
+    after the repointing, so no collection ever walks, and writes, the parent's objects
+    (unfreeze and freeze are list merges). The caller collects its own garbage first, since
+    everything young is frozen too.
     """
-    given = {id(code): code for code in codes}
+    enabled = gc.isenabled()
+    if refreeze:
+        gc.disable()
+    try:
+        return _pack(codes)
+    finally:
+        if refreeze:
+            gc.freeze()
+            if enabled:
+                gc.enable()
+
+
+def _pack(codes: Iterable[types.CodeType]) -> PackReport:
+    given = {id(code): code for code in codes if id(code) not in _copy_ids}
     hot = {key: code for key, code in given.items() if not _watched(code)}
     skipped = len(given) - len(hot)
     copies: dict[int, types.CodeType] = {}
@@ -188,12 +215,13 @@ def pack(codes: Iterable[types.CodeType]) -> PackReport:
     size = sum(sys.getsizeof(code) for code in copies.values())
 
     functions = 0
-    # Frozen functions are not in gc.get_objects(): unfreeze them, and leave them so. Freezing
-    # again here would also freeze every young object, hiding it from code that finds objects
-    # through the collector (forkmem's own search for database engines); the caller's warm-up
-    # or freeze, which follows every rehearsal, freezes them all again.
-    gc.unfreeze()
-    for obj in gc.get_objects():
+    # Frozen functions are not in gc.get_objects(): unfreeze them, and (unless refreeze) leave
+    # them so. Freezing again here would also freeze every young object, hiding it from code
+    # that finds objects through the collector (forkmem's own search for database engines); the
+    # caller's warm-up or freeze, which follows every rehearsal, freezes them all again.
+    if copies:
+        gc.unfreeze()
+    for obj in gc.get_objects() if copies else ():
         if isinstance(obj, types.FunctionType):
             new = copies.get(id(obj.__code__))
             if new is not None:
@@ -203,8 +231,16 @@ def pack(codes: Iterable[types.CodeType]) -> PackReport:
                     continue
                 functions += 1
     _originals.extend(hot.values())
+    _copies.extend(copies.values())
+    _copy_ids.update(map(id, copies.values()))
     return PackReport(
-        len(copies), size, functions, skipped, _pages(hot.values()), _pages(copies.values())
+        len(copies),
+        size,
+        functions,
+        skipped,
+        _pages(hot.values()),
+        _pages(copies.values()),
+        tuple(copies.values()),
     )
 
 

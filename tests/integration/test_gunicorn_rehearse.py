@@ -30,6 +30,7 @@ import pytest
 from _servers import free_port, serve, wrk
 
 import forkmem
+from forkmem._immortal import unsupported_reason
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -237,6 +238,17 @@ def _forked_by_mold(text: str) -> set[int]:
     return {int(p) for p in re.findall(r"Booting worker with pid: (\d+) \(forked by", text)}
 
 
+def _assert_mold_packed(text: str) -> None:
+    """The mold packed the code its last requests ran, where the master's objects are immortal
+    (and said why not elsewhere)."""
+    if unsupported_reason() is None:
+        packed = re.search(r"made immortal; packed (\d+) code objects \(\d+ KiB\)", text)
+        assert packed, text[-3000:]
+        assert int(packed.group(1)) > 50, packed.group(0)
+    else:
+        assert "the mold will not pack code" in text, text[-3000:]
+
+
 @pytest.mark.parametrize("worker_class", ["sync", "gthread"])
 def test_refork_replaces_workers_without_failing_a_request(
     tmp_path: Path, site_env: dict[str, str], worker_class: str
@@ -267,6 +279,7 @@ def test_refork_replaces_workers_without_failing_a_request(
             assert children[pid].ppid() == proc.pid
     assert served > 200
     assert failed == 0, text[-3000:]
+    _assert_mold_packed(text)
     # max_requests recycled mold-forked workers too, and the mold forked their replacements.
     assert len(booted) > 3 + 2, text[-3000:]
     assert "Autorestarting worker" in text
@@ -403,6 +416,7 @@ def test_refork_flask_mold_hands_no_database_connection_to_its_workers(tmp_path:
     assert served > 30
     assert failed == 0, text[-3000:]
     assert len(_forked_by_mold(text)) >= 2, text[-3000:]
+    _assert_mold_packed(text)
     assert not mold_held
     assert not master_held
     assert "written by a worker the mold forked" in page

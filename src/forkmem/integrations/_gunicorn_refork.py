@@ -5,8 +5,9 @@ A worker that has served ``after`` requests holds, in pages it wrote itself, eve
 builds lazily: caches, compiled templates, specialized bytecode, the allocator's refilled
 holes. Workers forked from the master build all of that again, each its own copy; workers forked
 from that worker share it. So the first worker to get there claims the one token, stops taking
-requests, warms what it built (a young collection, immortalization where supported,
-``malloc_trim``, filling the allocators' holes, ``gc.freeze()``) and becomes a
+requests, warms what it built (a young collection, immortalization where supported, packing
+the code its last requests ran, ``malloc_trim``, filling the allocators' holes, ``gc.freeze()``)
+and becomes a
 `forkmem._fork_server.ForkServer`. The master adopts it, takes it out of its worker table, and
 from then on every worker it spawns is forked by the mold; it replaces its own workers one at a
 time (one extra worker from the mold, then gunicorn retires the oldest, gracefully, as for a
@@ -31,9 +32,10 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any, NoReturn
 
+from forkmem._code_pack import CodeRecorder, pack
 from forkmem._fork_server import ForkServer, ForkServerError
 from forkmem._holes import fill_holes
-from forkmem._immortal import unsupported_reason
+from forkmem._immortal import immortalize, unsupported_reason
 from forkmem._malloc import malloc_trim
 from forkmem.errors import InvalidArgument
 from forkmem.integrations._fork_safety import close_databases
@@ -47,6 +49,10 @@ _logger = logging.getLogger("forkmem.gunicorn")
 
 _PID = struct.Struct("=q")
 _THREADS_GRACE = 5.0  # gthread: the pool's threads finish their requests, then end
+# The mold-to-be records the code its last requests run (the code its workers will run) from
+# this many requests before ``after``; sys.monitoring disables each location after its first
+# event, so only the first run of each function costs anything.
+_RECORD_REQUESTS = 16
 
 
 def check_worker_class(worker_class: type) -> None:
@@ -89,9 +95,13 @@ class _Heartbeat:
 class Refork:
     """The master's and the workers' side of refork for one arbiter."""
 
-    def __init__(self, after: int, *, immortalize: bool | None) -> None:
+    def __init__(self, after: int, *, immortalize: bool | None, pack_code: bool = False) -> None:
         self.after = after
         self.immortalize = immortalize
+        self.pack_code = pack_code
+        self._recorder: CodeRecorder | None = None
+        self._codes: dict[int, Any] = {}  # what the stopped recorder saw
+        self._recording = threading.Lock()  # gthread: post_request runs in the pool's threads
         self.server = ForkServer(self._boot, timeout=10.0)
         self.arbiter: Any = None
         self.master_pid = 0
@@ -243,22 +253,53 @@ class Refork:
 
     def post_request(self, worker: Any) -> None:
         """In a worker, after each request: the first to reach ``after`` claims the token and
-        stops taking requests; its ``worker_exit`` then makes it the mold."""
-        if worker.nr < self.after or getattr(worker, "_forkmem_mold", False):
+        stops taking requests; its ``worker_exit`` then makes it the mold. With ``pack_code``,
+        each candidate records the code its last requests before ``after`` run."""
+        if getattr(worker, "_forkmem_mold", False) or self._token[0] < 0:
             return
-        if os.getppid() != self.master_pid or self._token[0] < 0:
+        if os.getppid() != self.master_pid:
+            return
+        if worker.nr < self.after:
+            if self.pack_code and worker.nr >= self.after - _RECORD_REQUESTS:
+                self._start_recording()
             return
         try:
             claimed = os.read(self._token[0], 1) == b"m"
         except OSError:  # BlockingIOError included: another worker has it
             claimed = False
+        self._stop_recording()
         if claimed:
             worker._forkmem_mold = True
             worker.alive = False
 
+    def _start_recording(self) -> None:
+        with self._recording:
+            if self._recorder is not None:
+                return
+            recorder = self._recorder = CodeRecorder().__enter__()
+        if recorder.reason is not None:
+            _logger.info(
+                "forkmem: worker pid %d cannot record the code its requests run (%s); a mold "
+                "it becomes will not pack code",
+                os.getpid(),
+                recorder.reason,
+            )
+
+    def _stop_recording(self) -> None:
+        # Under the lock, and kept: with gthread, the thread that claims the token may come
+        # here after another one stopped the recorder.
+        with self._recording:
+            recorder, self._recorder = self._recorder, None
+            if recorder is not None:
+                if recorder.reason is None:
+                    recorder.__exit__(None, None, None)
+                self._codes = recorder.codes
+            self.pack_code = False  # once per worker: a second recording would never be used
+
     def worker_exit(self, worker: Any) -> None:
         """In a worker on its way out: the one that claimed the token becomes the mold here,
         and never returns."""
+        self._stop_recording()
         if getattr(worker, "_forkmem_mold", False):
             self._become_mold(worker)
 
@@ -284,10 +325,11 @@ class Refork:
         started = time.perf_counter()
         gc.collect()  # what the master froze stays frozen: this walks the worker's own objects
         immortal = 0
-        if self.immortalize is not False and unsupported_reason() is None:
-            from forkmem._immortal import immortalize
-
+        mortal = self.immortalize is False or unsupported_reason() is not None
+        if not mortal:
             immortal = immortalize(gc.get_objects()).objects
+        packed = self._pack(self._codes, immortal=not mortal)
+        self._codes = {}
         malloc_trim()
         fill_holes()  # its workers then allocate in new pages, not in the mold's shared holes
         gc.freeze()
@@ -295,17 +337,37 @@ class Refork:
         self._close_channels()
         _logger.info(
             "forkmem: worker pid %d served %d requests and warmed its heap in %.3f s (%d objects "
-            "made immortal); it forks the workers from now on",
+            "made immortal%s); it forks the workers from now on",
             os.getpid(),
             worker.nr,
             time.perf_counter() - started,
             immortal,
+            "; " + packed if packed else "",
         )
         with contextlib.suppress(Exception):
             from gunicorn import util
 
             util._setproctitle(f"mold [{self.arbiter.proc_name}]")
         self.server.serve_here()
+
+    def _pack(self, codes: dict[int, Any], *, immortal: bool) -> str:
+        """Pack the code the mold's last requests ran, as the rehearsal does in the master.
+
+        The master's objects are frozen here and must stay untouched (a collection over them
+        would copy its whole heap into the mold), so `pack()` runs with the collector off and
+        freezes again at once. The copies are made immortal: on 3.12+ every call increfs its
+        code object, and a mortal copy would be written by every worker.
+        """
+        if not codes:
+            return ""
+        try:
+            report = pack(codes.values(), refreeze=True)
+            if immortal:
+                immortalize(list(report.copies))
+        except Exception:  # the mold still serves, with its code where it was
+            _logger.warning("forkmem: the mold could not pack its code", exc_info=True)
+            return ""
+        return report.describe()
 
     def _boot(self, fds: list[int], request: dict[str, Any]) -> NoReturn:
         """In a worker the mold forked: what gunicorn's arbiter does in a child it forked."""

@@ -115,8 +115,10 @@ def configure(
     ``refork_after=N``: the first worker to serve N requests becomes the *mold*: it stops taking
     requests, warms what it built (a collection, immortalization where supported,
     ``malloc_trim``, filling the allocators' holes, ``gc.freeze()``) and forks every later
-    worker; the master replaces the others one at a time, gracefully. sync and gthread workers
-    only (an `InvalidArgument` at start-up otherwise), Linux only.
+    worker; the master replaces the others one at a time, gracefully. With ``pack_code``, where
+    the master's objects are immortal (CPython 3.12+), the mold first packs the code its last 16
+    requests ran. sync and gthread workers only (an `InvalidArgument` at start-up otherwise),
+    Linux only.
     """
     policy = RecyclePolicy.build(
         max_private_memory,
@@ -216,7 +218,8 @@ def when_ready(server: Any) -> None:
     warn_missing_bytecode()
     if _refork_after is not None:
         remember_engines()  # the mold closes them after the freeze hides them from gc
-    report = prepare(warmup=_settings.warmup, immortalize=_immortalize())
+    immortal = _immortalize()
+    report = prepare(warmup=_settings.warmup, immortalize=immortal)
     _logger.info(
         "forkmem: froze %d objects in the gunicorn master (pid %s) in %.3f s before forking",
         report.frozen_total,
@@ -227,16 +230,24 @@ def when_ready(server: Any) -> None:
     if _exporter is None:
         _exporter = start_metrics(_settings.metrics, "gunicorn")
     if _refork_after is not None:
-        _install_refork(server)
+        _install_refork(server, master_immortal=immortal)
 
 
-def _install_refork(server: Any) -> None:
+def _install_refork(server: Any, *, master_immortal: bool) -> None:
     global _refork
     if not sys.platform.startswith("linux"):
         _logger.warning("forkmem: refork_after needs Linux (PR_SET_CHILD_SUBREAPER); not reforking")
         return
     assert _refork_after is not None
-    refork = Refork(_refork_after, immortalize=_settings.immortalize)
+    # The mold finds the functions to repoint among the master's objects; where those are
+    # mortal, that walk would write every one's reference count and copy the master's heap.
+    pack_code = _pack_code and master_immortal
+    if _pack_code and not pack_code:
+        _logger.info(
+            "forkmem: the mold will not pack code: the master's objects are not immortal, and "
+            "finding the functions among them would write each one's reference count"
+        )
+    refork = Refork(_refork_after, immortalize=_settings.immortalize, pack_code=pack_code)
     refork.install(server)  # InvalidArgument for a worker class it cannot host
     _refork = refork
     _logger.info(
