@@ -38,7 +38,10 @@ import struct
 import sys
 from typing import TYPE_CHECKING, Any, NoReturn
 
+import psutil
+
 from forkmem.errors import ForkmemError, InvalidArgument, UnsupportedPlatform
+from forkmem.hooks import at_fork
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
@@ -183,8 +186,6 @@ class ForkServer:
         mine.settimeout(self._timeout)
         self._sock = mine
         self.pid = pid
-        from forkmem.hooks import at_fork
-
         # A process this one forks by itself meanwhile must not hold the server's socket: the
         # server would never see end-of-file while it lives.
         self._hook = at_fork(after_in_child=self._forget, name="forkmem.fork_server.forget")
@@ -265,8 +266,6 @@ class ForkServer:
         if sock is None:
             return
         sock.close()
-        import psutil
-
         with contextlib.suppress(psutil.Error, ChildProcessError):
             proc = psutil.Process(self.pid)
             try:

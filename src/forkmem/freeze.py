@@ -433,8 +433,6 @@ def freeze_around_fork(strategy: Strategy = "young") -> FreezeAroundFork:
         )
     kind = collector_kind()
     if kind != "generational":
-        import warnings
-
         warnings.warn(
             f"on the {kind} garbage collector gc.freeze() walks the whole heap, so "
             "freeze_around_fork() costs O(heap) per fork; prefer one forkmem.frozen() "

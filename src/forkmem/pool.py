@@ -26,6 +26,7 @@ import logging
 import multiprocessing
 import multiprocessing.context
 import multiprocessing.pool
+import multiprocessing.util
 import os
 import threading
 import warnings
@@ -35,6 +36,7 @@ from typing import TYPE_CHECKING, Any
 from forkmem._disable import disabled
 from forkmem._pool import SupervisedPool
 from forkmem._pool_recycle import count_recycle, recycling_setup
+from forkmem._sampler import Sampler
 from forkmem._units import format_bytes
 from forkmem._validate import check_bool
 from forkmem.errors import ForkmemWarning, InvalidArgument
@@ -116,6 +118,7 @@ def _warn_spawn(what: str) -> None:
 
 def _prepare_forkserver(warmup: bool) -> None:
     """Put forkmem's freeze last in the fork server's preload list, if it has not started yet."""
+    # Lazy: the fork server exists only where the platform has that start method.
     from multiprocessing import forkserver
 
     server = forkserver._forkserver
@@ -234,14 +237,10 @@ def _init_worker(
     initargs: tuple[Any, ...],
 ) -> None:
     if sample_memory:
-        from multiprocessing import util
-
-        from forkmem._sampler import Sampler
-
         sampler = Sampler().start()
         # Pool workers leave through os._exit: atexit never runs, multiprocessing's
         # finalizers (exitpriority set) do.
-        util.Finalize(
+        multiprocessing.util.Finalize(
             sampler, sampler.stop_and_log, kwargs={"label": "pool worker"}, exitpriority=10
         )
     if initializer is not None:
