@@ -285,6 +285,34 @@ def test_refork_replaces_workers_without_failing_a_request(
     assert "Autorestarting worker" in text
 
 
+def test_a_worker_that_claimed_the_mold_early_and_recycles_becomes_the_mold(
+    tmp_path: Path, site_env: dict[str, str]
+) -> None:
+    # With packing, the token is claimed 16 requests before refork_after (the worker packs,
+    # then serves on the copies); max_requests ends that worker before it gets to 30.
+    if unsupported_reason() is not None:
+        pytest.skip("the mold packs (and the token is claimed early) where immortalizing works")
+    with _serve(REFORK, tmp_path, site_env, "--max-requests", "20", workers=2) as (
+        base,
+        proc,
+        log,
+    ):
+        served = failed = 0
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            more, lost = _load(base, 2, tmp_path)
+            served, failed = served + more, failed + lost
+            if len(_forked_by_mold(log.read_text())) >= 2:
+                break
+        text = log.read_text()
+        mold = _mold(log)
+        assert mold in {c.pid for c in psutil.Process(proc.pid).children()}
+    assert failed == 0, text[-3000:]
+    assert len(_forked_by_mold(text)) >= 2, text[-3000:]
+    assert f"worker pid {mold} served 20 requests" in text, text[-3000:]
+    _assert_mold_packed(text)
+
+
 def test_when_the_mold_dies_the_master_forks_again(
     tmp_path: Path, site_env: dict[str, str]
 ) -> None:

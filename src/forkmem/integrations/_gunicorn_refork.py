@@ -49,9 +49,11 @@ _logger = logging.getLogger("forkmem.gunicorn")
 
 _PID = struct.Struct("=q")
 _THREADS_GRACE = 5.0  # gthread: the pool's threads finish their requests, then end
-# The mold-to-be records the code its last requests run (the code its workers will run) from
-# this many requests before ``after``; sys.monitoring disables each location after its first
-# event, so only the first run of each function costs anything.
+# With pack_code, a worker records the code its requests run from 2 x this many requests
+# before ``after`` (sys.monitoring disables each location after its first event, so only the
+# first run of each function costs anything); the first to get to this many before ``after``
+# claims the mold token, packs what it recorded, and serves this many requests more on the
+# copies, which specializes them as a rehearsal's later rounds do.
 _RECORD_REQUESTS = 16
 
 
@@ -101,6 +103,7 @@ class Refork:
         self.pack_code = pack_code
         self._recorder: CodeRecorder | None = None
         self._codes: dict[int, Any] = {}  # what the stopped recorder saw
+        self._packed = ""
         self._recording = threading.Lock()  # gthread: post_request runs in the pool's threads
         self.server = ForkServer(self._boot, timeout=10.0)
         self.arbiter: Any = None
@@ -254,23 +257,43 @@ class Refork:
     def post_request(self, worker: Any) -> None:
         """In a worker, after each request: the first to reach ``after`` claims the token and
         stops taking requests; its ``worker_exit`` then makes it the mold. With ``pack_code``,
-        each candidate records the code its last requests before ``after`` run."""
+        workers record the code their requests run, and the first to get within
+        ``_RECORD_REQUESTS`` of ``after`` claims the token early and packs it (see above)."""
         if getattr(worker, "_forkmem_mold", False) or self._token[0] < 0:
             return
         if os.getppid() != self.master_pid:
             return
-        if worker.nr < self.after:
-            if self.pack_code and worker.nr >= self.after - _RECORD_REQUESTS:
-                self._start_recording()
+        if getattr(worker, "_forkmem_claimed", False):
+            if worker.nr >= self.after:
+                worker._forkmem_mold = True
+                worker.alive = False
             return
-        try:
-            claimed = os.read(self._token[0], 1) == b"m"
-        except OSError:  # BlockingIOError included: another worker has it
-            claimed = False
+        last = min(_RECORD_REQUESTS, self.after // 2)  # a small ``after`` still records some
+        early = self.after - last
+        if worker.nr < self.after:
+            if self.pack_code and worker.nr >= early - last:
+                if worker.nr < early:
+                    self._start_recording()
+                else:
+                    claimed = self._claim()
+                    self._stop_recording()
+                    if claimed:
+                        worker._forkmem_claimed = True
+                        self._packed = self._pack(self._codes)
+                        self._codes = {}
+            return
+        claimed = self._claim()
         self._stop_recording()
         if claimed:
             worker._forkmem_mold = True
             worker.alive = False
+
+    def _claim(self) -> bool:
+        """Whether this worker read the one token byte."""
+        try:
+            return os.read(self._token[0], 1) == b"m"
+        except OSError:  # BlockingIOError included: another worker has it
+            return False
 
     def _start_recording(self) -> None:
         with self._recording:
@@ -298,9 +321,10 @@ class Refork:
 
     def worker_exit(self, worker: Any) -> None:
         """In a worker on its way out: the one that claimed the token becomes the mold here,
-        and never returns."""
+        and never returns (also when it leaves before ``after``, for ``max_requests`` or a
+        graceful stop, after claiming it early)."""
         self._stop_recording()
-        if getattr(worker, "_forkmem_mold", False):
+        if getattr(worker, "_forkmem_mold", False) or getattr(worker, "_forkmem_claimed", False):
             self._become_mold(worker)
 
     def _give_back(self) -> None:
@@ -327,9 +351,21 @@ class Refork:
         immortal = 0
         mortal = self.immortalize is False or unsupported_reason() is not None
         if not mortal:
-            immortal = immortalize(gc.get_objects()).objects
-        packed = self._pack(self._codes, immortal=not mortal)
-        self._codes = {}
+            if getattr(worker, "_forkmem_claimed", False):
+                # The pack froze what this worker had then: list it again with the collector
+                # off (the master's objects are immortal where packing runs, so listing them
+                # writes nothing) and freeze at once.
+                enabled = gc.isenabled()
+                gc.disable()
+                gc.unfreeze()
+                objects = gc.get_objects()
+                gc.freeze()
+                if enabled:
+                    gc.enable()
+            else:
+                objects = gc.get_objects()
+            immortal = immortalize(objects).objects
+            del objects
         malloc_trim()
         fill_holes()  # its workers then allocate in new pages, not in the mold's shared holes
         gc.freeze()
@@ -342,7 +378,7 @@ class Refork:
             worker.nr,
             time.perf_counter() - started,
             immortal,
-            "; " + packed if packed else "",
+            "; " + self._packed if self._packed else "",
         )
         with contextlib.suppress(Exception):
             from gunicorn import util
@@ -350,8 +386,9 @@ class Refork:
             util._setproctitle(f"mold [{self.arbiter.proc_name}]")
         self.server.serve_here()
 
-    def _pack(self, codes: dict[int, Any], *, immortal: bool) -> str:
-        """Pack the code the mold's last requests ran, as the rehearsal does in the master.
+    def _pack(self, codes: dict[int, Any]) -> str:
+        """In the worker that claimed the token: pack the code its requests ran, as the
+        rehearsal does in the master; the log line's words, or "" when nothing was packed.
 
         The master's objects are frozen here and must stay untouched (a collection over them
         would copy its whole heap into the mold), so `pack()` runs with the collector off and
@@ -361,9 +398,9 @@ class Refork:
         if not codes:
             return ""
         try:
+            gc.collect()  # this worker's garbage: pack() freezes what is left
             report = pack(codes.values(), refreeze=True)
-            if immortal:
-                immortalize(list(report.copies))
+            immortalize(list(report.copies))
         except Exception:  # the mold still serves, with its code where it was
             _logger.warning("forkmem: the mold could not pack its code", exc_info=True)
             return ""

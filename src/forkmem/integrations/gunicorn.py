@@ -116,9 +116,10 @@ def configure(
     requests, warms what it built (a collection, immortalization where supported,
     ``malloc_trim``, filling the allocators' holes, ``gc.freeze()``) and forks every later
     worker; the master replaces the others one at a time, gracefully. With ``pack_code``, where
-    the master's objects are immortal (CPython 3.12+), the mold first packs the code its last 16
-    requests ran. sync and gthread workers only (an `InvalidArgument` at start-up otherwise),
-    Linux only.
+    the master's objects are immortal (CPython 3.12+) and no rehearsal packed code already, the
+    worker claims the mold token 16 requests early and packs the code its requests ran, so its
+    last requests specialize the copies. sync and gthread workers only (an `InvalidArgument` at
+    start-up otherwise), Linux only.
     """
     policy = RecyclePolicy.build(
         max_private_memory,
@@ -174,12 +175,13 @@ def _immortalize() -> bool:
     return True
 
 
-def _rehearse(server: Any) -> None:
+def _rehearse(server: Any) -> bool:
+    """Rehearse in the master; whether it packed code."""
     app = getattr(server, "app", None)
     cfg = getattr(server, "cfg", None)
     if app is None or not getattr(cfg, "preload_app", False):
         _logger.warning("forkmem: rehearse needs preload_app = True; not rehearsing")
-        return
+        return False
     report = rehearse(server, _rehearsal, rounds=_rehearse_rounds, pack_code=_pack_code)
     _logger.info(
         "forkmem: rehearsed %d request(s) x %d round(s) in the gunicorn master in %.3f s "
@@ -193,6 +195,7 @@ def _rehearse(server: Any) -> None:
         else "",
         "; " + report.packed.describe() if report.packed is not None else "",
     )
+    return report.packed is not None
 
 
 def when_ready(server: Any) -> None:
@@ -213,8 +216,7 @@ def when_ready(server: Any) -> None:
             "forkmem: preload_app is off, so every worker imports the app itself and nothing of "
             "it can be shared; set preload_app = True"
         )
-    if _rehearsal:
-        _rehearse(server)
+    packed = _rehearse(server) if _rehearsal else False
     warn_missing_bytecode()
     if _refork_after is not None:
         remember_engines()  # the mold closes them after the freeze hides them from gc
@@ -230,10 +232,10 @@ def when_ready(server: Any) -> None:
     if _exporter is None:
         _exporter = start_metrics(_settings.metrics, "gunicorn")
     if _refork_after is not None:
-        _install_refork(server, master_immortal=immortal)
+        _install_refork(server, master_immortal=immortal, rehearsal_packed=packed)
 
 
-def _install_refork(server: Any, *, master_immortal: bool) -> None:
+def _install_refork(server: Any, *, master_immortal: bool, rehearsal_packed: bool) -> None:
     global _refork
     if not sys.platform.startswith("linux"):
         _logger.warning("forkmem: refork_after needs Linux (PR_SET_CHILD_SUBREAPER); not reforking")
@@ -241,7 +243,9 @@ def _install_refork(server: Any, *, master_immortal: bool) -> None:
     assert _refork_after is not None
     # The mold finds the functions to repoint among the master's objects; where those are
     # mortal, that walk would write every one's reference count and copy the master's heap.
-    pack_code = _pack_code and master_immortal
+    # After a rehearsal that packed, the request path's code is packed and specialized
+    # already: measured, the mold packing what is left saved nothing more.
+    pack_code = _pack_code and master_immortal and not rehearsal_packed
     if _pack_code and not pack_code:
         _logger.info(
             "forkmem: the mold will not pack code: the master's objects are not immortal, and "
