@@ -246,7 +246,7 @@ def _install_refork(server: Any, *, master_immortal: bool, rehearsal_packed: boo
     # After a rehearsal that packed, the request path's code is packed and specialized
     # already: measured, the mold packing what is left saved nothing more.
     pack_code = _pack_code and master_immortal and not rehearsal_packed
-    if _pack_code and not pack_code:
+    if _pack_code and not master_immortal:
         _logger.info(
             "forkmem: the mold will not pack code: the master's objects are not immortal, and "
             "finding the functions among them would write each one's reference count"
