@@ -8,10 +8,16 @@ import signal
 import subprocess
 
 
-def stop(proc: subprocess.Popen[bytes], grace: float = 30.0) -> None:
-    """SIGTERM (graceful: the server reaps its workers), then SIGKILL the whole process group."""
+def stop(proc: subprocess.Popen[bytes], grace: float = 30.0, *, group: bool = False) -> None:
+    """SIGTERM (graceful: the server reaps its workers), then SIGKILL the whole process group.
+
+    ``group`` sends the SIGTERM to the whole group: Airflow's manager can swallow its own."""
     if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
+        with contextlib.suppress(ProcessLookupError):
+            if group:
+                os.killpg(proc.pid, signal.SIGTERM)
+            else:
+                proc.send_signal(signal.SIGTERM)
         with contextlib.suppress(subprocess.TimeoutExpired):
             proc.wait(timeout=grace)
     with contextlib.suppress(ProcessLookupError):

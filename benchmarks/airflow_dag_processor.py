@@ -31,7 +31,6 @@ import argparse
 import contextlib
 import json
 import os
-import signal
 import statistics
 import subprocess
 import sys
@@ -41,6 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from _chart import bar_chart
+from _procs import stop
 
 import forkmem
 from forkmem._immortal import unsupported_reason
@@ -105,16 +105,6 @@ def prepare(home: Path, files: int, processes: int, sleep: float = 0.0) -> dict[
     return env
 
 
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGTERM)
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        proc.wait(timeout=20)
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait(timeout=20)
-
-
 def run_variant(
     name: str, env: dict[str, str], workdir: Path, seconds: float, interval: float
 ) -> Result:
@@ -154,7 +144,7 @@ def run_variant(
                         result.sampled_child_uss[child.pid] = max(old, child.uss)
                 time.sleep(interval)
         finally:
-            stop(proc)
+            stop(proc, grace=20.0, group=True)
     if stats.exists():
         for line in stats.read_text().splitlines():
             with contextlib.suppress(ValueError):

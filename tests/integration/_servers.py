@@ -34,10 +34,17 @@ def get(url: str, timeout: float = 10.0) -> bytes:
         return bytes(response.read())
 
 
-def stop(proc: subprocess.Popen[bytes], grace: float = 20.0) -> None:
-    """SIGTERM (a graceful stop: the master reaps its workers), then SIGKILL what is left."""
+def stop(proc: subprocess.Popen[bytes], grace: float = 20.0, *, group: bool = False) -> None:
+    """SIGTERM (a graceful stop: the master reaps its workers), then SIGKILL what is left.
+
+    ``group`` sends the SIGTERM to the whole process group, for a manager whose own graceful
+    exit can be swallowed (Airflow's, when the signal lands in a weakref callback)."""
     if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
+        with contextlib.suppress(ProcessLookupError):
+            if group:
+                os.killpg(proc.pid, signal.SIGTERM)
+            else:
+                proc.send_signal(signal.SIGTERM)
         with contextlib.suppress(subprocess.TimeoutExpired):
             proc.wait(timeout=grace)
     with contextlib.suppress(ProcessLookupError):

@@ -13,7 +13,6 @@ import contextlib
 import importlib.util
 import json
 import os
-import signal
 import sqlite3
 import subprocess
 import sys
@@ -21,6 +20,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 import pytest
+from _servers import stop
 
 from forkmem import InvalidArgument, UnsupportedRuntime
 from forkmem._immortal import unsupported_reason
@@ -454,18 +454,6 @@ def _records(stats: Path, event: str) -> list[dict[str, Any]]:
     return out
 
 
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    # SIGTERM first (the manager stops its children), then the whole group for certain:
-    # Airflow's graceful exit can be swallowed when the signal lands in a weakref callback.
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGTERM)
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        proc.wait(timeout=20)
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait(timeout=20)
-
-
 def _run_dag_processor(
     env: dict[str, str], tmp_path: Path, *extra: str, watch: dict[int, int] | None = None
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], str]:
@@ -505,7 +493,8 @@ def _run_dag_processor(
                     _watch_tree(proc.pid, watch)
                     time.sleep(0.02)
         finally:
-            _stop(proc)
+            # the group: Airflow's graceful exit can be swallowed in a weakref callback
+            stop(proc, group=True)
     return _records(stats, "setup"), _records(stats, "parse_child"), log.read_text()
 
 
