@@ -3,9 +3,12 @@
 Needs the ``examples`` extra (``pip install -e '.[examples]'``: gunicorn, Django, Flask with
 Flask-SQLAlchemy and Flask-WTF) and ``wrk`` (Debian: ``apt-get install wrk``). For each variant
 it starts ``gunicorn --preload`` with ``--workers`` sync workers on 127.0.0.1, loads it with
-wrk for ``--seconds`` over the site's pages (then, once a refork has replaced every worker, 3 s
-more, the same for every variant, so that each worker measured has served), then measures
-every worker from outside (``forkmem.memory``) and the whole tree (``forkmem.memory_tree``):
+wrk for ``--seconds`` over the site's pages (and on, in 2 s runs, until the workers have served
+``--min-requests`` in all: 4000 by default, so that a busy machine does not measure workers
+that served less), then measures every worker from outside
+(``forkmem.memory``) and the whole tree (``forkmem.memory_tree``). A refork variant is first
+loaded in 2 s runs until the mold has replaced every worker (failed requests while reforking
+count), so that its measured load, like every other variant's, runs on the final workers:
 
 - ``stock``: no forkmem at all (an empty gunicorn config).
 - ``freeze``: ``configure(warmup=False)``: collect and ``gc.freeze()`` in the master.
@@ -54,7 +57,8 @@ from _procs import stop
 import forkmem
 
 MiB = 1024 * 1024
-TOP_UP = 3  # seconds of load after the main run, once the workers are final
+CHUNK = 2  # seconds per extra load: while a mold replaces the workers, or to --min-requests
+REFORK_TIMEOUT = 120.0
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
 APPS = {
@@ -179,14 +183,18 @@ def run_variant(name: str, args: argparse.Namespace, folder: Path, env: dict[str
         )
     try:
         wait_up(base, proc, log)
-        rps, requests, failed = load(base, script, args.connections, args.seconds)
+        failed = refork_under_load(base, script, proc.pid, log, args) if "refork" in name else 0
+        # The measured load runs on the final workers in every variant, so that each worker
+        # measured has served the same load (a worker's private memory grows with its requests).
+        rps, requests, main_failed = load(base, script, args.connections, args.seconds)
+        failed += main_failed
+        # A worker's private memory depends on how much it served (stock's first full
+        # collection comes after some hundreds of requests): on a busy machine, top the load
+        # up to --min-requests so that every variant's workers served as much.
+        while requests < args.min_requests:
+            more, more_failed = load(base, script, args.connections, CHUNK)[1:]
+            requests, failed = requests + more, failed + more_failed
         time.sleep(2.0)  # let the last answers finish
-        if "refork" in name:
-            settle_refork(proc.pid, log, args.workers)
-        # Every variant gets the same short second load once its workers are final, so that a
-        # worker the mold forked after the main load has served requests too when measured.
-        failed += load(base, script, args.connections, TOP_UP)[2]
-        time.sleep(1.0)
         # A mold (refork) forks workers and serves nothing: the tree counts it, the workers don't.
         molds = set(re.findall(r"worker pid (\d+) is the mold now", log.read_text()))
         roles = {"master": [proc.pid], "mold": [], "workers": []}
@@ -213,19 +221,29 @@ def load(base: str, script: Path, connections: int, seconds: int) -> tuple[float
     return parse_wrk(wrk.stdout)
 
 
-def settle_refork(master: int, log: Path, workers: int, timeout: float = 30) -> None:
-    """Wait until the mold has replaced every worker the master forked (they are replaced one
-    at a time, without load too), so that the figures are the reforked tree's."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        text = log.read_text()
-        molds = set(re.findall(r"worker pid (\d+) is the mold now", text))
-        forked = set(re.findall(r"Booting worker with pid: (\d+) \(forked by the mold\)", text))
-        children = {str(pid) for pid in workers_of(master)} - molds
-        if molds and len(children) == workers and children <= forked:
-            return
-        time.sleep(0.5)
-    print("# the refork did not finish: some workers are still the master's own", flush=True)
+def reforked(master: int, log: Path, workers: int) -> bool:
+    """Whether the mold has replaced every worker the master forked."""
+    text = log.read_text()
+    molds = set(re.findall(r"worker pid (\d+) is the mold now", text))
+    forked = set(re.findall(r"Booting worker with pid: (\d+) \(forked by the mold\)", text))
+    children = {str(pid) for pid in workers_of(master)} - molds
+    return bool(molds) and len(children) == workers and children <= forked
+
+
+def refork_under_load(
+    base: str, script: Path, master: int, log: Path, args: argparse.Namespace
+) -> int:
+    """Load the server in short runs until the mold has replaced every worker: the refork
+    happens under load (its failed requests count), and the measured load that follows runs
+    on the reforked tree. Returns the failed requests."""
+    failed = 0
+    deadline = time.monotonic() + REFORK_TIMEOUT
+    while not reforked(master, log, args.workers):
+        if time.monotonic() > deadline:
+            print("# the refork did not finish: some workers are the master's own", flush=True)
+            break
+        failed += load(base, script, args.connections, CHUNK)[2]
+    return failed
 
 
 def measure(pid: int) -> forkmem.MemoryUsage | None:
@@ -301,6 +319,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--connections", type=int, default=8)
     parser.add_argument("--refork-after", type=int, default=200)
     parser.add_argument("--max-requests", type=int, default=0)
+    parser.add_argument("--min-requests", type=int, default=4000)
     parser.add_argument(
         "--variants",
         nargs="+",
