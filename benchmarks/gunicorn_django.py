@@ -4,11 +4,12 @@ Needs the ``examples`` extra (``pip install -e '.[examples]'``: gunicorn, Django
 Flask-SQLAlchemy and Flask-WTF) and ``wrk`` (Debian: ``apt-get install wrk``). For each variant
 it starts ``gunicorn --preload`` with ``--workers`` sync workers on 127.0.0.1, loads it with
 wrk for ``--seconds`` over the site's pages (and on, in 2 s runs, until the workers have served
-``--min-requests`` in all: 4000 by default, so that a busy machine does not measure workers
-that served less), then measures every worker from outside
-(``forkmem.memory``) and the whole tree (``forkmem.memory_tree``). A refork variant is first
-loaded in 2 s runs until the mold has replaced every worker (failed requests while reforking
-count), so that its measured load, like every other variant's, runs on the final workers:
+``--min-requests`` in all: 16000 by default, so that a busy machine does not measure workers
+that served less, and a stock worker on CPython 3.13+ has had its first full collection), then
+measures every worker from outside (``forkmem.memory``) and the whole tree
+(``forkmem.memory_tree``). A refork variant is first loaded in 2 s runs until the mold has
+replaced every worker (failed requests while reforking count), so that its measured load, like
+every other variant's, runs on the final workers:
 
 - ``stock``: no forkmem at all (an empty gunicorn config).
 - ``freeze``: ``configure(warmup=False)``: collect and ``gc.freeze()`` in the master.
@@ -189,8 +190,8 @@ def run_variant(name: str, args: argparse.Namespace, folder: Path, env: dict[str
         rps, requests, main_failed = load(base, script, args.connections, args.seconds)
         failed += main_failed
         # A worker's private memory depends on how much it served (stock's first full
-        # collection comes after some hundreds of requests): on a busy machine, top the load
-        # up to --min-requests so that every variant's workers served as much.
+        # collection comes after hundreds to thousands of requests): top the load up to
+        # --min-requests so that every variant's workers served as much, however busy the machine.
         while requests < args.min_requests:
             more, more_failed = load(base, script, args.connections, CHUNK)[1:]
             requests, failed = requests + more, failed + more_failed
@@ -319,7 +320,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--connections", type=int, default=8)
     parser.add_argument("--refork-after", type=int, default=200)
     parser.add_argument("--max-requests", type=int, default=0)
-    parser.add_argument("--min-requests", type=int, default=4000)
+    # 16000 (4000 a worker): on CPython 3.13+ (collector threshold 2000) a stock worker's first
+    # full collection, which copies most of its heap, comes only after 1000-5000 requests.
+    parser.add_argument("--min-requests", type=int, default=16000)
     parser.add_argument(
         "--variants",
         nargs="+",
