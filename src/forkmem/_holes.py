@@ -8,6 +8,9 @@ chunk unlinked from a doubly-linked bin, on other pages): each is a private copy
 in the parent and never freed, the holes are gone; a child's allocations come from fresh pools
 and the top of the heap, pages it would have needed anyway.
 
+Names only the type attribute cache holds are freed first (the cache is emptied), since a child
+replacing those cache entries would free them in shared pools and then allocate there.
+
 The holes stay allocated for the life of the process: that is the point. Their memory was
 already part of the parent's heap; pages of a large free chunk that ``malloc_trim`` gave back are
 not touched again (malloc writes only chunk headers, never the body).
@@ -16,12 +19,14 @@ not touched again (malloc writes only chunk headers, never the body).
 from __future__ import annotations
 
 import ctypes
+import gc
 import sys
 import threading
 from dataclasses import dataclass, field
 from typing import Any
 
 from forkmem._malloc import glibc
+from forkmem._object_header import address_view
 
 __all__ = [
     "HoleReport",
@@ -38,7 +43,10 @@ _POOL = 16384
 _HEADER = 48
 _ALIGN = 16
 _SMALL = 512
-_FIRST = 48  # the smallest block a bytes object fills (its header is 33 bytes)
+_SZIDX = 36  # the pool header's size class index (uint): block size // 16 - 1
+_NEXTOFFSET = 40  # ... and where its next never-used block starts
+_TEMPORARIES = 4  # the fill loop's own live 32-byte ints (see claim_pool)
+_HALF = "0.5"  # parsed each time, so every filler float is a new object
 _BYTES_HEADER = sys.getsizeof(b"")  # 33 on 64-bit CPython: bytes(n) takes n + 33 bytes
 # glibc request sizes to fill with, largest first, so a big free chunk is eaten in big bites.
 _CHUNK_SIZES = (*(1 << b for b in range(16, 10, -1)), *range(1024, 15, -16))
@@ -65,40 +73,84 @@ def pool_block(size: int) -> int:
     return 0 if size > _SMALL else -(-size // _ALIGN) * _ALIGN
 
 
-def _filler(block: int) -> bytes:
-    """A new object that takes exactly one ``block``-byte pymalloc block (48 bytes or more)."""
+def _filler(block: int) -> object:
+    """A new object that takes exactly one ``block``-byte pymalloc block: ``object()`` for 16
+    bytes, a float (24 bytes) for 32, a ``bytes`` from 48 on (its header is 33 bytes)."""
+    if block == _ALIGN:
+        return object()
+    if block == 2 * _ALIGN:
+        return float(_HALF)  # a new float every time (not the constant itself)
     return bytes(block - _BYTES_HEADER)  # a new object for every length above 1
 
 
 def pymalloc_layout() -> bool:
     """Whether objects come from pymalloc pools laid out as above (not PYTHONMALLOC=malloc,
-    debug hooks or another build): every 96-byte block must sit at 48 + k*96 in its pool."""
+    debug hooks or another build): every 96-byte block must sit at 48 + k*96 in its pool, and
+    its pool's header must name the 96-byte size class and count at least those blocks."""
     global _layout
     if _layout is None:
         probes = [_filler(96) for _ in range(64)]
-        _layout = all((id(p) % _POOL - _HEADER) % 96 == 0 for p in probes)
+        _layout = all((id(p) % _POOL - _HEADER) % 96 == 0 for p in probes) and all(
+            _header(id(p), 96) >= 1 for p in probes
+        )
     return _layout
+
+
+def _header(address: int, block: int) -> int:
+    """The live-block count in the header of the pool holding ``address`` (a live object of
+    ``block`` bytes), or -1 when the header does not name that size class.
+
+    Read through one view of the address space: no object is made per read, so the read itself
+    takes no block from the pool it looks at.
+    """
+    view = address_view()
+    if view is None:
+        return -1
+    word = (address & ~(_POOL - 1)) >> 2
+    if view[word + _SZIDX // 4] != block // _ALIGN - 1:
+        return -1
+    return int(view[word])
+
+
+def _frontier(address: int, block: int, within: int) -> bool:
+    """Whether the block at ``address`` is among the last ``within`` its pool carved from
+    never-used memory (not one from its free list): a fresh pool hands out blocks that way."""
+    view = address_view()
+    assert view is not None  # _header() read the same pool through it
+    carved = int(view[((address & ~(_POOL - 1)) + _NEXTOFFSET) >> 2])
+    return carved - within * block <= address % _POOL < carved
 
 
 def claim_pool(block: int, cap: int) -> tuple[int, int]:
     """Fill every free ``block``-byte block in this size class's partly used pools, so its next
     allocation starts a fresh pool. Returns (blocks, bytes) allocated, at most ``cap`` bytes.
-    Blocks under 48 bytes are not filled (returns (0, 0))."""
-    if block < _FIRST:
-        return 0, 0
-    count = 0
+
+    pymalloc takes a fresh (or emptied) pool only once every used pool of the class is full, so
+    the fill stops at the first filler whose pool holds nothing but fillers: the pool header's
+    live-block count says so. Those fillers are freed again, and their pool goes back.
+    """
+    # This loop's own ints (an address, a count) are 32-byte blocks: while that class fills,
+    # a few of them may sit in the fresh pool beside the fillers, so there a pool of fillers
+    # and at most that many others, handing out never-used blocks, is the fresh one.
+    slack = _TEMPORARIES if block == 2 * _ALIGN else 0
+    kept = _kept
+    pool = here = count = 0
     while count * block < cap:
         filler = _filler(block)
-        if id(filler) % _POOL == _HEADER:
-            # A pool's first block: a fresh pool if the next block comes right after it (a used
-            # pool hands out its freed blocks first, most recently freed first).
-            second = _filler(block)
-            if id(second) == id(filler) + block:
-                return count, count * block  # every older pool is full; the fresh one goes back
-            _kept.append(second)
-            count += 1
-        _kept.append(filler)
+        kept.append(filler)
         count += 1
+        address = id(filler)
+        if address & ~(_POOL - 1) == pool:
+            here += 1
+        else:
+            pool, here = address & ~(_POOL - 1), 1
+        live = _header(address, block)
+        if live < 0:  # not the layout the probe saw: stop, keep what is filled
+            break
+        if live == here or (live - here <= slack and _frontier(address, block, slack + 1)):
+            del kept[len(kept) - here :]
+            count -= here
+            break
     return count, count * block
 
 
@@ -159,14 +211,38 @@ def claim_top(size: int, cap: int) -> tuple[int, int]:
     return count, count * size
 
 
+def _drop_cached_names() -> None:
+    """Empty the interpreter's type attribute cache, which owns a reference to every name it
+    caches. Names built at run time (``getattr(obj, "visit_" + kind)``, f-strings) live only
+    there; a child replacing the entry would free them in a shared pool, and the pool, back at
+    the head of its size class, would take the child's next allocations on that shared page.
+    Freed now, their blocks are filled like any other hole. A cache: children refill it."""
+    clear = getattr(sys, "_clear_internal_caches", None) or getattr(sys, "_clear_type_cache", None)
+    if clear is not None:
+        clear()
+
+
 def fill_holes(cap: int = 64 << 20) -> HoleReport:
-    """Fill pymalloc's and glibc's holes in this process, at most ``cap`` bytes each."""
+    """Fill pymalloc's and glibc's holes in this process, at most ``cap`` bytes each, after
+    emptying the type attribute cache (see `_drop_cached_names`). The collector is off
+    meanwhile: a collection freeing garbage would reopen holes already filled."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        _drop_cached_names()
+        return _fill(cap)
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
+def _fill(cap: int) -> HoleReport:
     skipped: dict[str, str] = {}
     blocks = block_bytes = chunks = chunk_bytes = 0
     if pymalloc_layout():
-        # From 48 bytes: smaller blocks (one-digit ints, floats) are what this loop's own
-        # counters are made of, so they would never come out in order.
-        for block in range(_FIRST, _SMALL + 1, _ALIGN):
+        # Largest first, 32 bytes last: the loop's own ints are 32-byte blocks, so they only
+        # churn a class that is filled after every other one.
+        for block in (*range(_SMALL, 2 * _ALIGN, -_ALIGN), _ALIGN, 2 * _ALIGN):
             count, size = claim_pool(block, cap - block_bytes)
             blocks, block_bytes = blocks + count, block_bytes + size
     else:

@@ -98,11 +98,13 @@ def warmup(
             the runtime probe recognises (tested on 3.12, 3.13, 3.14 and 3.15).
         hash_strings: compute the hash of every str a live object refers to.
         trim: call ``malloc_trim(0)`` where glibc provides it.
-        fill_holes: allocate, and keep for good, the free blocks left in pymalloc's partly used
-            pools and the free chunks in glibc's bins (main arena, glibc 2.33+). A child's
-            allocations then come from fresh pools and the top of the heap instead of writing
-            (and copying) the shared pages around those holes. The memory was the parent's
-            already; ``WarmupReport.holes_filled_bytes`` says how much.
+        fill_holes: empty the type attribute cache (its run-time-built names would be freed by
+            the children, in shared pages), then allocate, and keep for good, the free blocks
+            left in pymalloc's partly used pools (every size class, 16 to 512 bytes) and the
+            free chunks in glibc's bins (main arena, glibc 2.33+). A child's allocations then
+            come from fresh pools and the top of the heap instead of writing (and copying) the
+            shared pages around those holes. The memory was the parent's already;
+            ``WarmupReport.holes_filled_bytes`` says how much.
 
     Returns:
         A [`WarmupReport`][forkmem.WarmupReport].
