@@ -25,7 +25,7 @@ from urllib.parse import quote, urlsplit
 
 from forkmem._code_pack import CodeRecorder, PackReport, pack
 from forkmem.errors import InvalidArgument
-from forkmem.integrations._fork_safety import Settled, settle, snapshot
+from forkmem.integrations._fork_safety import Settled, close_databases, settle, snapshot
 
 __all__ = ["RehearsalReport", "check_requests", "rehearse"]
 
@@ -36,6 +36,11 @@ Request = str | Mapping[str, str]
 # Environ keys a rehearsal request may set; the rest of the environ is gunicorn's to build.
 _KEYS = frozenset({"REQUEST_METHOD", "PATH_INFO", "QUERY_STRING", "CONTENT_TYPE"})
 _TIMEOUT = 30.0  # per request: a rehearsal must never hang the master
+# Rounds after the recorded one that start without database connections too: CPython 3.12+
+# specializes an instruction on its second run, so two more runs of the packed connect path
+# leave it specialized in the master (one connect each, not one per round: a remote database's
+# connect costs real time at start-up).
+_RECONNECT_ROUNDS = 2
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,8 +106,15 @@ def _status(answer: bytes) -> str:
     return first.split(" ", 1)[1] if " " in first else first or "no answer"
 
 
-def _serve_one(worker: Any, wire: bytes) -> bytes:
-    """One request through ``worker``'s parser and handler; the raw answer."""
+def _serve_one(worker: Any, wire: bytes, *, sync_path: bool = False) -> bytes:
+    """One request through ``worker``'s parser and handler; the raw answer.
+
+    With ``sync_path``, through ``handle()``, the connection handler a sync worker runs for
+    each request (parse, handle, graceful close); else the parser and ``handle_request()``
+    directly (other worker classes have their own connection handlers, and ``handle()`` would
+    wrap a TLS listener's connection, which this plain-text request is not). Either way the
+    worker then touches its heartbeat file, as every worker does between requests.
+    """
     from gunicorn import http
 
     with contextlib.ExitStack() as stack:
@@ -116,22 +128,26 @@ def _serve_one(worker: Any, wire: bytes) -> bytes:
         client.sendall(wire)
         client.shutdown(socket.SHUT_WR)  # the worker's graceful close then ends at once
         try:
-            req = next(http.get_parser(worker.cfg, conn, addr))
-            worker.handle_request(listener, req, conn, addr)
+            if sync_path:
+                worker.handle(listener, conn, addr)  # answers 500 itself for an exception
+            else:
+                req = next(http.get_parser(worker.cfg, conn, addr))
+                worker.handle_request(listener, req, conn, addr)
         except StopIteration:
             pass  # the handler's way of saying "connection closed"
         finally:
             conn.close()
+        worker.notify()
         chunks = []
         while chunk := client.recv(65536):
             chunks.append(chunk)
         return b"".join(chunks)
 
 
-def _serve_logged(worker: Any, path: str, wire: bytes) -> bool:
+def _serve_logged(worker: Any, path: str, wire: bytes, *, sync_path: bool) -> bool:
     """Serve one request; False (logged with its path) when it raised or answered non-2xx."""
     try:
-        status = _status(_serve_one(worker, wire))
+        status = _status(_serve_one(worker, wire, sync_path=sync_path))
     except Exception:
         _logger.warning("forkmem: rehearsing %s raised", path, exc_info=True)
         return False
@@ -150,8 +166,9 @@ def rehearse(
     A request that raises or answers anything but 2xx in the first round is logged with its path,
     counted in ``failed`` and not served again; the others still run. With ``pack_code`` and at
     least two rounds, the second round records the code objects it runs and `pack()` moves them
-    together before the later rounds specialize them. Raises `UnsafeToFork` when the app left
-    threads running.
+    together before the later rounds specialize them; the database connections are closed
+    before it and the next two rounds, so the connect path is among them. Raises
+    `UnsafeToFork` when the app left threads running.
     """
     from gunicorn.workers.sync import SyncWorker
 
@@ -165,26 +182,39 @@ def rehearse(
     before = snapshot()
     started = time.perf_counter()
     worker = SyncWorker(0, server.pid, [], server.app, server.timeout, server.cfg, server.log)
+    # The code recorded for packing is what the workers will run: a sync worker's own
+    # connection handler where the workers are sync workers.
+    sync_path = issubclass(getattr(server, "worker_class", SyncWorker), SyncWorker) and not (
+        getattr(server.cfg, "is_ssl", False)
+    )
     try:
         worker.wsgi = server.app.wsgi()
         wires = [_http(request, host) for request in requests]
-        good = [wire for path, wire in wires if _serve_logged(worker, path, wire)]
+        good = [
+            wire for path, wire in wires if _serve_logged(worker, path, wire, sync_path=sync_path)
+        ]
 
         def serve_round() -> None:
             for wire in good:
                 with contextlib.suppress(Exception):  # the first round logged how it answers
-                    _serve_one(worker, wire)
+                    _serve_one(worker, wire, sync_path=sync_path)
 
         left = rounds - 1
         packed = None
         if pack_code and good and left:
-            # Round 1 ran the one-off start-up paths; round 2 is the request path itself.
+            # Round 1 ran the one-off start-up paths; round 2 is the request path itself,
+            # from the same state a worker starts in: without database connections (the
+            # settle step closes them before the fork), so the connect path a worker runs
+            # on its first request is recorded and packed too, not only the pool's reuse.
+            close_databases()
             with CodeRecorder() as recorder:
                 serve_round()
             left -= 1
             packed = pack(recorder.codes.values())
             del recorder
-        for _ in range(left):
+        for done in range(left):
+            if packed is not None and done < _RECONNECT_ROUNDS:
+                close_databases()  # the packed connect path runs again, and specializes
             serve_round()
     finally:
         worker.tmp.close()
