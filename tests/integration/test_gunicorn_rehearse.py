@@ -18,6 +18,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.parse
@@ -313,13 +314,69 @@ def test_a_worker_that_claimed_the_mold_early_and_recycles_becomes_the_mold(
     _assert_mold_packed(text)
 
 
-def test_when_the_mold_dies_the_master_forks_again(
+def _kill_the_claimant(log: Path, killed: list[int], deadline: float) -> None:
+    """SIGKILL the first worker that claims the mold token, as soon as it says so."""
+    while time.monotonic() < deadline:
+        found = re.search(r"worker pid (\d+) claimed the mold token", log.read_text())
+        if found:
+            killed.append(int(found.group(1)))
+            os.kill(killed[0], signal.SIGKILL)
+            return
+        time.sleep(0.02)
+
+
+def test_a_lost_mold_token_is_issued_again_and_when_the_mold_dies_the_master_forks_again(
     tmp_path: Path, site_env: dict[str, str]
 ) -> None:
-    with _serve(REFORK, tmp_path, site_env, workers=2) as (base, proc, log):
-        _load(base, 2, tmp_path)
-        time.sleep(1.0)
+    # Each request takes 0.1 s more, so the claimant's last 15 requests (where the mold packs,
+    # it claims the token 15 requests before refork_after=30) take 1.5 s at least: time to
+    # SIGKILL it as a timeout or the OOM killer would.
+    (tmp_path / "slow_site.py").write_text(
+        "import time\n"
+        "from django_site import application as site\n"
+        "def application(environ, start_response):\n"
+        "    time.sleep(0.1)\n"
+        "    return site(environ, start_response)\n"
+    )
+    env = dict(site_env, PYTHONPATH=os.pathsep.join([str(tmp_path), str(EXAMPLES)]))
+    early = unsupported_reason() is None  # elsewhere the claimant is the mold at once
+    with _serve(REFORK, tmp_path, env, workers=2, app="slow_site:application") as (
+        base,
+        proc,
+        log,
+    ):
+        killed: list[int] = []
+        if early:
+            deadline = time.monotonic() + 60
+            killer = threading.Thread(target=_kill_the_claimant, args=(log, killed, deadline))
+            killer.start()
+            lost = 0
+            while not killed and time.monotonic() < deadline:
+                lost += _load(base, 2, tmp_path)[1]
+            killer.join()
+            assert killed, log.read_text()[-3000:]
+            assert lost <= 1, lost  # the request the claimant was serving, at most
+        # The token goes to the next worker that gets there; a mold forms and replaces them.
+        served = failed = 0
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            more, lost = _load(base, 2, tmp_path)
+            served, failed = served + more, failed + lost
+            if "is the mold now" in log.read_text() and len(_forked_by_mold(log.read_text())) >= 2:
+                break
         mold = _mold(log)
+        text = log.read_text()
+        assert failed == 0, text[-3000:]
+        assert len(_forked_by_mold(text)) >= 2, text[-3000:]
+        if early:
+            assert mold != killed[0]
+            assert (
+                f"the mold token is lost (worker pid {killed[0]}, which claimed it, exited "
+                "before it became the mold); issued again" in text
+            ), text[-3000:]
+            assert f"worker pid {mold} claimed the mold token" in text, text[-3000:]
+            _assert_mold_packed(text)
+        # Then the mold dies: the master forks workers itself again.
         os.kill(mold, signal.SIGKILL)
         time.sleep(0.5)
         proc.send_signal(signal.SIGTTIN)  # one more worker: the master must fork it itself
@@ -334,6 +391,7 @@ def test_when_the_mold_dies_the_master_forks_again(
     after = text.split("is gone", 1)[1]
     assert "Booting worker with pid" in after
     assert "forked by the mold" not in after
+    assert "the mold token is lost" not in after  # one mold per master: no second one
 
 
 def test_refork_refuses_a_worker_class_it_cannot_host() -> None:
@@ -365,6 +423,18 @@ def _comment(base: str, text: str) -> str:
         return str(answer.read().decode())
 
 
+# Each worker says whether SQLAlchemy's pool connects through a packed copy (the rehearsal's
+# recorded round, or the mold's recording, ran the connect path: it started without a connection).
+CONNECT_PACKED = (
+    "def post_fork(server, worker):\n"
+    "    fg.post_fork(server, worker)\n"
+    "    from sqlalchemy.pool.base import _ConnectionRecord\n"
+    "    from forkmem import _code_pack\n"
+    "    code = _ConnectionRecord._ConnectionRecord__connect.__code__\n"
+    "    worker.log.info('connect path packed: %s', id(code) in _code_pack._copy_ids)\n"
+)
+
+
 def _holds(pid: int, path: Path) -> bool:
     return any(f.path == str(path) for f in psutil.Process(pid).open_files())
 
@@ -378,7 +448,7 @@ def test_rehearsed_flask_site_disposes_its_engine_and_workers_share_more(tmp_pat
         "rehearsed": (
             "from forkmem.integrations.gunicorn import *  # noqa: F403\n"
             "import forkmem.integrations.gunicorn as fg\n"
-            f"fg.configure(rehearse={FLASK_PAGES!r})\n"
+            f"fg.configure(rehearse={FLASK_PAGES!r})\n" + CONNECT_PACKED
         ),
     }.items():
         folder = tmp_path / name
@@ -414,6 +484,8 @@ def test_rehearsed_flask_site_disposes_its_engine_and_workers_share_more(tmp_pat
     text = runs["rehearsed"]["log"]
     assert f"forkmem: rehearsed {len(FLASK_PAGES)} request(s) x 32 round(s)" in text
     assert "(0 failed); closed sqlalchemy (1 engine(s))" in text
+    assert "connect path packed: True" in text, text[-3000:]
+    assert "connect path packed: False" not in text, text[-3000:]
     # Stock workers copy ~30 MiB each (their collections and refcounts, the ORM's compiled SQL,
     # Jinja's compiled templates), rehearsed ones ~8 MiB.
     stock, rehearsed = runs["stock"]["uss"], runs["rehearsed"]["uss"]
@@ -426,7 +498,7 @@ def test_refork_flask_mold_hands_no_database_connection_to_its_workers(tmp_path:
     db = tmp_path / "site.sqlite3"
     env = dict(os.environ, FORKMEM_FLASK_DB=str(db), XDG_RUNTIME_DIR=str(tmp_path))
     env.pop("FORKMEM_DISABLE", None)
-    with _serve(REFORK, tmp_path, env, app="flask_site:app") as (base, proc, log):
+    with _serve(REFORK + CONNECT_PACKED, tmp_path, env, app="flask_site:app") as (base, proc, log):
         served = failed = 0
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
@@ -445,6 +517,9 @@ def test_refork_flask_mold_hands_no_database_connection_to_its_workers(tmp_path:
     assert failed == 0, text[-3000:]
     assert len(_forked_by_mold(text)) >= 2, text[-3000:]
     _assert_mold_packed(text)
+    if unsupported_reason() is None:  # the mold packed the connect path its recording ran
+        packed = dict(re.findall(r"\[(\d+)\] \[INFO\] connect path packed: (\w+)", text))
+        assert {packed.get(str(pid)) for pid in _forked_by_mold(text)} == {"True"}, text[-3000:]
     assert not mold_held
     assert not master_held
     assert "written by a worker the mold forked" in page

@@ -16,7 +16,9 @@ TTOU).
 Mold-forked workers are the master's own children (it is a child subreaper while it asks for
 one), in its worker table with their heartbeat file (passed to them over the socket), so
 signals, timeouts, ``max_requests`` and reaping work as for any worker. If the mold dies, the
-master forks workers itself again and says so; there is one mold per master.
+master forks workers itself again and says so; there is one mold per master. If the worker that
+claimed the token dies before it becomes the mold (a timeout's SIGKILL, the OOM killer, a crash),
+the master issues the token again and says so: the next worker to get there claims it.
 """
 
 from __future__ import annotations
@@ -26,7 +28,6 @@ import gc
 import logging
 import os
 import socket
-import struct
 import sys
 import threading
 import time
@@ -39,6 +40,7 @@ from forkmem._immortal import immortalize, unsupported_reason
 from forkmem._malloc import malloc_trim
 from forkmem.errors import InvalidArgument
 from forkmem.integrations._fork_safety import close_databases
+from forkmem.integrations._gunicorn_mold_token import MoldToken
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -47,7 +49,6 @@ __all__ = ["Refork", "check_worker_class"]
 
 _logger = logging.getLogger("forkmem.gunicorn")
 
-_PID = struct.Struct("=q")
 _THREADS_GRACE = 5.0  # gthread: the pool's threads finish their requests, then end
 # With pack_code, a worker records the code its requests run from 2 x this many requests
 # before ``after`` (sys.monitoring disables each location after its first event, so only the
@@ -102,18 +103,20 @@ class Refork:
         self.immortalize = immortalize
         self.pack_code = pack_code
         self._recorder: CodeRecorder | None = None
+        self._recorded = False  # once per worker: a second recording would never be used
         self._codes: dict[int, Any] = {}  # what the stopped recorder saw
+        self._mold_at = 0  # the claimant's request count at which it becomes the mold
         self._packed = ""
         self._recording = threading.Lock()  # gthread: post_request runs in the pool's threads
         self.server = ForkServer(self._boot, timeout=10.0)
         self.arbiter: Any = None
         self.master_pid = 0
         self.mold_pid = 0
-        self._token = (-1, -1)  # whoever reads the one byte is the mold
-        self._announce = (-1, -1)  # the mold writes its pid here for the master
+        self.token = MoldToken()
         self._spawn_plain: Callable[[], Any] | None = None
         self._manage_plain: Callable[[], Any] | None = None
         self._old: set[int] = set()
+        self._adopted = False  # master: a mold came; if it dies, no second one
 
     # -- master ------------------------------------------------------------------------------
 
@@ -122,12 +125,7 @@ class Refork:
         and manage steps."""
         check_worker_class(arbiter.worker_class)
         self.server.open()
-        token_r, token_w = os.pipe()
-        os.set_blocking(token_r, False)
-        os.write(token_w, b"m")
-        announce_r, announce_w = os.pipe()
-        os.set_blocking(announce_r, False)
-        self._token, self._announce = (token_r, token_w), (announce_r, announce_w)
+        self.token.open()
         self.arbiter = arbiter
         self.master_pid = os.getpid()
         self._spawn_plain = arbiter.spawn_worker
@@ -197,14 +195,8 @@ class Refork:
             stats["workers_spawned"] += 1
         return pid
 
-    def _adopt(self) -> None:
-        try:
-            data = os.read(self._announce[0], _PID.size)
-        except OSError:  # BlockingIOError included: no mold yet
-            return
-        if len(data) != _PID.size:
-            return
-        pid = _PID.unpack(data)[0]
+    def _adopt(self, pid: int) -> None:
+        self._adopted = True
         worker = self.arbiter.WORKERS.pop(pid, None)
         if worker is not None:
             worker.tmp.close()
@@ -223,8 +215,12 @@ class Refork:
 
     def _manage(self) -> None:
         assert self._manage_plain is not None
-        if not self.mold_pid and self._announce[0] >= 0:
-            self._adopt()
+        if not self._adopted and self.token.open_here:
+            mold = self.token.mold_announced()
+            if mold:
+                self._adopt(mold)
+            else:
+                self.token.reissue_if_lost(self.arbiter.WORKERS)
         self._manage_plain()
         if not self.mold_pid:
             return
@@ -237,68 +233,62 @@ class Refork:
 
     # -- workers -----------------------------------------------------------------------------
 
-    def _close_channels(self) -> None:
-        # Each number closed once, then forgotten: a later os.close() of a reused number would
-        # close someone else's descriptor.
-        for fd in (*self._token, *self._announce):
-            if fd >= 0:
-                with contextlib.suppress(OSError):
-                    os.close(fd)
-        self._token = self._announce = (-1, -1)
-
     def post_fork(self) -> None:
         """In a worker the master forked: it may become the mold, never the master's reader."""
         self.server.close_client_end()
-        if self._announce[0] >= 0:
-            with contextlib.suppress(OSError):
-                os.close(self._announce[0])
-            self._announce = (-1, self._announce[1])
+        self.token.forked()
 
     def post_request(self, worker: Any) -> None:
         """In a worker, after each request: the first to reach ``after`` claims the token and
         stops taking requests; its ``worker_exit`` then makes it the mold. With ``pack_code``,
         workers record the code their requests run, and the first to get within
-        ``_RECORD_REQUESTS`` of ``after`` claims the token early and packs it (see above)."""
-        if getattr(worker, "_forkmem_mold", False) or self._token[0] < 0:
+        ``_RECORD_REQUESTS`` of ``after`` claims the token early, packs it, and becomes the mold
+        that many requests later (see above). A token the master issues again (its claimant
+        died) goes the same way to the next worker that gets there."""
+        if getattr(worker, "_forkmem_mold", False) or not self.token.open_here:
             return
         if os.getppid() != self.master_pid:
             return
         if getattr(worker, "_forkmem_claimed", False):
-            if worker.nr >= self.after:
+            if worker.nr >= self._mold_at:
                 worker._forkmem_mold = True
                 worker.alive = False
             return
         last = min(_RECORD_REQUESTS, self.after // 2)  # a small ``after`` still records some
-        early = self.after - last
-        if worker.nr < self.after:
-            if self.pack_code and worker.nr >= early - last:
-                if worker.nr < early:
-                    self._start_recording()
-                else:
-                    claimed = self._claim()
-                    self._stop_recording()
-                    if claimed:
-                        worker._forkmem_claimed = True
-                        self._packed = self._pack(self._codes)
-                        self._codes = {}
+        claim_at = self.after - last if self.pack_code else self.after
+        if worker.nr < claim_at:
+            if self.pack_code and worker.nr >= claim_at - last:
+                self._start_recording(worker)
             return
-        claimed = self._claim()
+        claimed = self.token.claim()
         self._stop_recording()
-        if claimed:
+        if not claimed:
+            return
+        _logger.info(
+            "forkmem: worker pid %d claimed the mold token after %d requests",
+            os.getpid(),
+            worker.nr,
+        )
+        if self.pack_code:
+            # What it recorded before it first tried to claim (kept when another worker won):
+            # pack it, then specialize the copies over ``last`` more requests.
+            self._mold_at = worker.nr + last  # first: gthread's other threads read both
+            worker._forkmem_claimed = True
+            self._packed = self._pack(self._codes)
+            self._codes = {}
+        else:
             worker._forkmem_mold = True
             worker.alive = False
 
-    def _claim(self) -> bool:
-        """Whether this worker read the one token byte."""
-        try:
-            return os.read(self._token[0], 1) == b"m"
-        except OSError:  # BlockingIOError included: another worker has it
-            return False
-
-    def _start_recording(self) -> None:
+    def _start_recording(self, worker: Any) -> None:
         with self._recording:
-            if self._recorder is not None:
+            if self._recorder is not None or self._recorded:
                 return
+            if self._between_requests(worker):
+                # The mold closes its database connections before it forks, so each of its
+                # workers connects on its first request: have this worker's next request
+                # connect too, while recording, so that the connect path is packed as well.
+                close_databases()
             recorder = self._recorder = CodeRecorder().__enter__()
         if recorder.reason is not None:
             _logger.info(
@@ -307,6 +297,14 @@ class Refork:
                 os.getpid(),
                 recorder.reason,
             )
+
+    @staticmethod
+    def _between_requests(worker: Any) -> bool:
+        """Whether no other request runs in ``worker`` now: a sync worker's ``post_request``
+        (a gthread worker's other threads may be using a connection or an ORM session)."""
+        from gunicorn.workers.sync import SyncWorker
+
+        return isinstance(worker, SyncWorker)
 
     def _stop_recording(self) -> None:
         # Under the lock, and kept: with gthread, the thread that claims the token may come
@@ -317,7 +315,7 @@ class Refork:
                 if recorder.reason is None:
                     recorder.__exit__(None, None, None)
                 self._codes = recorder.codes
-            self.pack_code = False  # once per worker: a second recording would never be used
+            self._recorded = True
 
     def worker_exit(self, worker: Any) -> None:
         """In a worker on its way out: the one that claimed the token becomes the mold here,
@@ -326,11 +324,6 @@ class Refork:
         self._stop_recording()
         if getattr(worker, "_forkmem_mold", False) or getattr(worker, "_forkmem_claimed", False):
             self._become_mold(worker)
-
-    def _give_back(self) -> None:
-        if self._token[1] >= 0:
-            with contextlib.suppress(OSError):
-                os.write(self._token[1], b"m")
 
     def _become_mold(self, worker: Any) -> None:
         deadline = time.monotonic() + _THREADS_GRACE
@@ -343,8 +336,7 @@ class Refork:
                 os.getpid(),
                 names,
             )
-            self._give_back()
-            return
+            return  # the master issues the token again once this worker is gone
         close_databases()
         started = time.perf_counter()
         gc.collect()  # what the master froze stays frozen: this walks the worker's own objects
@@ -369,8 +361,8 @@ class Refork:
         malloc_trim()
         fill_holes()  # its workers then allocate in new pages, not in the mold's shared holes
         gc.freeze()
-        os.write(self._announce[1], _PID.pack(os.getpid()))
-        self._close_channels()
+        self.token.announce_mold()
+        self.token.close()
         _logger.info(
             "forkmem: worker pid %d served %d requests and warmed its heap in %.3f s (%d objects "
             "made immortal%s); it forks the workers from now on",
@@ -412,7 +404,7 @@ class Refork:
         from gunicorn.errors import AppImportError
 
         # Not a mold candidate: a second mold would fork from a copy of the first.
-        self._close_channels()
+        self.token.close()
         arbiter = self.arbiter
         arbiter.LISTENERS = (
             sock.create_sockets(arbiter.cfg, arbiter.log, fds[1:]) if fds[1:] else []
