@@ -19,8 +19,10 @@ every other variant's, runs on the final workers:
 - ``rehearse-unpacked``: 32 rounds of the pages, with ``pack_code=False`` (the code objects stay
   where the imports put them).
 - ``rehearse``: the same with the defaults: 32 rounds, the code the pages run packed together.
-- ``rehearse-quiet``: ``rehearse`` without the per-worker memory sampler (its thread's stack and
-  malloc arena are private to each worker).
+- ``rehearse-thread``: ``rehearse`` with the memory sampler in a thread (``sampler="thread"``, as
+  before 2026-12-02) instead of from ``post_request``: its stack and malloc arena are private
+  to each worker.
+- ``rehearse-quiet``: ``rehearse`` without the per-worker memory sampler at all.
 - ``refork``: the default plus ``refork_after=N``: a worker warmed by real traffic forks the rest.
 - ``rehearse-refork``: ``rehearse`` and ``refork_after=N`` together.
 - ``refork-lazy``: ``refork`` without ``--preload``: the master never imports the app, so the
@@ -75,6 +77,7 @@ VARIANTS: dict[str, str | None] = {
     "rehearse-once": "configure(rehearse={paths!r}, rehearse_rounds=1)",
     "rehearse-unpacked": "configure(rehearse={paths!r}, pack_code=False)",
     "rehearse": "configure(rehearse={paths!r})",
+    "rehearse-thread": "configure(rehearse={paths!r}, sampler='thread')",
     "rehearse-quiet": "configure(rehearse={paths!r}, sample_memory=False)",
     "refork": "configure(refork_after={refork_after})",
     "rehearse-refork": "configure(rehearse={paths!r}, refork_after={refork_after})",

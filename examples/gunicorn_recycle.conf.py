@@ -13,6 +13,7 @@ from forkmem.integrations.gunicorn import *  # noqa: F403
 _limit = os.environ.get("FORKMEM_MAX_PRIVATE_MEMORY", "64 MiB")
 forkmem_hooks.configure(
     max_private_memory=None if _limit == "off" else _limit,
+    max_private_memory_hard=os.environ.get("FORKMEM_MAX_PRIVATE_MEMORY_HARD"),
     recycle_measure=os.environ.get("FORKMEM_RECYCLE_MEASURE", "uss"),
 )
 
@@ -20,6 +21,7 @@ chdir = os.path.dirname(os.path.abspath(__file__))
 wsgi_app = "recycle_app:app"
 bind = os.environ.get("GUNICORN_BIND", "127.0.0.1:8000")
 workers = int(os.environ.get("GUNICORN_WORKERS", "2"))
-worker_class = "sync"
+worker_class = os.environ.get("GUNICORN_WORKER_CLASS", "sync")
+threads = int(os.environ.get("GUNICORN_THREADS", "1"))
 preload_app = True
 loglevel = "info"

@@ -9,7 +9,10 @@ At import (in the gunicorn master, with ``preload_app``) it builds ``FORKMEM_EXA
 - ``/leak``: leaks 1 MiB per request (a module-level list that only grows, like a cache with no
   bound or trace objects an exporter never releases); it takes ~20 ms, like a request that
   waits on a database.
-- ``/memory``: the worker's pid, requests served and ``forkmem.memory()`` as JSON.
+- ``/hog?mib=N``: one long request that builds N MiB (1 MiB every 10 ms), then frees it and
+  answers: the kind of request only a hard limit (``max_private_memory_hard``) can stop.
+- ``/memory``: the worker's pid, requests served, its threads' names and ``forkmem.memory()``
+  as JSON.
 
 Run it with recycling by private memory (see ``gunicorn_recycle.conf.py``)::
 
@@ -22,8 +25,10 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import threading
 import time
 from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qs
 
 import forkmem
 
@@ -60,10 +65,23 @@ def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable
         _LEAKED.append(os.urandom(1 << 20))  # written, so private at once
         time.sleep(0.02)
         body = b"leaked 1 MiB\n"
+    elif path == "/hog":
+        mib = int(parse_qs(environ.get("QUERY_STRING", "")).get("mib", ["100"])[0])
+        held = []
+        for _ in range(min(mib, 4096)):
+            held.append(os.urandom(1 << 20))
+            time.sleep(0.01)
+        del held
+        body = f"held {mib} MiB\n".encode()
     elif path == "/memory":
         usage = forkmem.memory()
         body = json.dumps(
-            {"pid": os.getpid(), "served": _served, "memory": dataclasses.asdict(usage)}
+            {
+                "pid": os.getpid(),
+                "served": _served,
+                "threads": [t.name for t in threading.enumerate()],
+                "memory": dataclasses.asdict(usage),
+            }
         ).encode()
     else:
         body = _render(_served * 7919 % 4_000)

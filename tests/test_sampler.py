@@ -255,3 +255,91 @@ def test_sampler_running_at_fork_restarts_fresh_in_the_child() -> None:
     assert parent_peak is not None
     assert parent_peak.pid == os.getpid()
     assert parent_peak.samples >= 21
+
+
+def test_polled_sampler_starts_no_thread_and_samples_when_due() -> None:
+    before = {t.ident for t in _threads()}  # type: ignore[attr-defined]
+    slot = PeakSlot()
+    sampler = Sampler(slot=slot, min_interval=30.0).start(thread=False)
+    try:
+        assert {t.ident for t in _threads()} == before  # type: ignore[attr-defined]
+        assert sampler.start(thread=False) is sampler
+        first = slot.read()
+        assert first is not None
+        assert first.samples == 1  # start() took the first one
+        assert sampler.poll() is False  # the pause (30 s) is not over: a clock read, no sample
+        assert slot.read() == first
+    finally:
+        last = sampler.stop()
+        slot.close()
+    assert last is not None
+    assert last.samples == 2  # stop() took the last one
+
+    due = Sampler(min_interval=0.0, duty_cycle=1.0).start(thread=False)
+    assert all(due.poll() for _ in range(3))  # no pause: every poll samples
+    assert due.peak().samples == 4  # type: ignore[union-attr]
+
+
+def test_a_crossed_limit_is_confirmed_at_the_first_poll_after_min_interval() -> None:
+    # duty_cycle=0.0001: the pause after a sample is 9,999x its cost (a read of smaps_rollup
+    # costs far more than 10 us, so > 0.1 s), unless the callback says a limit is crossed.
+    calm = Sampler(duty_cycle=0.0001, min_interval=0.05, on_sample=lambda _: None)
+    crossed = Sampler(duty_cycle=0.0001, min_interval=0.05, on_sample=lambda _: True)
+    calm.start(thread=False)
+    crossed.start(thread=False)
+    time.sleep(0.1)
+    assert calm.last_sample_seconds * 9999 > 0.1
+    assert calm.poll() is False
+    assert crossed.poll() is True
+    assert (calm.peak().samples, crossed.peak().samples) == (1, 2)  # type: ignore[union-attr]
+
+
+def test_poll_is_a_no_op_while_the_thread_samples() -> None:
+    sampler = Sampler(min_interval=30.0).start()
+    try:
+        deadline = time.monotonic() + 10
+        while sampler.peak() is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert sampler.poll() is False
+        assert sampler.peak().samples == 1  # type: ignore[union-attr]
+    finally:
+        sampler.stop()
+
+
+def test_polls_from_many_threads_sample_one_at_a_time() -> None:
+    import threading
+
+    inside = 0
+    most = 0
+    guard = threading.Lock()
+
+    def on_sample(_: object) -> None:
+        nonlocal inside, most
+        with guard:
+            inside += 1
+            most = max(most, inside)
+        time.sleep(0.005)  # a slow sample: the others' polls arrive while it runs
+        with guard:
+            inside -= 1
+
+    sampler = Sampler(min_interval=0.0, duty_cycle=1.0, on_sample=on_sample)
+    sampler.start(thread=False)
+    stop = time.monotonic() + 0.5
+    counted = []
+
+    def requests() -> None:
+        n = 0
+        while time.monotonic() < stop:
+            n += sampler.poll()
+        counted.append(n)
+
+    threads = [threading.Thread(target=requests) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    peak = sampler.stop()
+    assert most == 1
+    assert peak is not None
+    assert peak.samples == 1 + sum(counted) + 1  # start's, the polls', stop's
+    assert sum(counted) > 0

@@ -6,7 +6,10 @@ the sampler bounds its duty cycle the way Redis samples its fork child: it times
 [`forkmem.memory()`][forkmem.usage.memory] call and sleeps ``cost * (1/duty_cycle - 1)`` before the
 next one, so at most ``duty_cycle`` (1% by default) of one CPU goes to sampling, whatever the
 worker's size (``cost`` is the latest sample's, so the pause follows the worker's size as it
-changes).
+changes). The clock can run in a daemon thread (`Sampler.start()`) or in the caller's own loop
+(``start(thread=False)``, then `Sampler.poll()` after each unit of work: one monotonic clock read,
+and a sample only once the pause is over), which spares a worker the thread's stack, its malloc
+arena and the threading code it runs.
 
 The peak can be published through a `PeakSlot`, a small anonymous shared mapping created
 by the parent before the fork: the parent then reads the worker's peak after the worker is gone,
@@ -120,7 +123,7 @@ class PeakSlot:
 
 
 class Sampler:
-    """Samples one process's private memory in a daemon thread, at a bounded duty cycle.
+    """Samples one process's private memory at a bounded duty cycle, in a thread or when polled.
 
     ``pid=None`` samples the calling process (read at `start()`, so a sampler created before
     a fork and started in the child samples the child). ``duty_cycle`` is the largest share of
@@ -131,6 +134,10 @@ class Sampler:
     When it returns ``True`` (a limit is crossed but not yet confirmed) the next sample comes
     after ``min_interval``: a growing worker's samples cost more and so come further apart, and
     confirming late lets a leak run on for seconds.
+
+    ``start()`` samples in a daemon thread; ``start(thread=False)`` takes the first sample at once
+    and leaves the rest to `poll()`, which the caller runs after each request or task (from any
+    of its threads): samples then come on the same clock, but only when the caller polls.
     """
 
     def __init__(
@@ -166,6 +173,9 @@ class Sampler:
         self._thread: threading.Thread | None = None
         self._dead = False
         self._hurry = False
+        self._due = 0.0  # monotonic time of the next poll()'s sample
+        # One sample at a time: poll() from a gthread worker's request threads, stop()'s last.
+        self._sampling = threading.Lock()
 
     def sample(self) -> bool:
         """Take one sample now; ``False`` once the process is gone or cannot be read."""
@@ -210,7 +220,26 @@ class Sampler:
             except Exception:
                 self._hurry = False
                 _logger.exception("sampler: the on_sample callback raised")
+        self._due = time.monotonic() + self.next_interval()
         return True
+
+    def poll(self) -> bool:
+        """Take a sample if the pause since the last one is over; whether it sampled.
+
+        For a caller that drives the clock itself (``start(thread=False)``): one monotonic clock
+        read when the pause is not over. Thread-safe: a poll while another thread samples
+        returns ``False`` at once, and so does every poll while the sampling thread runs.
+        """
+        if self._dead or self._thread is not None or time.monotonic() < self._due:
+            return False
+        if not self._sampling.acquire(blocking=False):
+            return False
+        try:
+            if time.monotonic() < self._due:  # another thread sampled since the check
+                return False
+            return self.sample()
+        finally:
+            self._sampling.release()
 
     def next_interval(self) -> float:
         """Seconds to sleep after a sample so that sampling stays within ``duty_cycle``."""
@@ -227,8 +256,12 @@ class Sampler:
                 return
             stop.wait(self.next_interval())
 
-    def start(self) -> Sampler:
-        """Start the sampling thread (daemon); returns ``self``. Idempotent."""
+    def start(self, *, thread: bool = True) -> Sampler:
+        """Start sampling; returns ``self``. Idempotent.
+
+        ``thread=True`` starts the sampling thread (daemon). ``thread=False`` takes one sample
+        now and starts no thread: `poll()` takes the next ones.
+        """
         if self._thread is not None and self._thread.is_alive():
             return self
         if self._pid_arg is None and self.pid != os.getpid():
@@ -238,6 +271,12 @@ class Sampler:
             self._cost = self.last_sample_seconds = 0.0
             self._dead = False
             self._hurry = False
+            self._due = 0.0
+            self._sampling = threading.Lock()  # the parent's may have been held at the fork
+        if not thread:
+            self._thread = None
+            self.poll()
+            return self
         # A fresh event for each thread: one inherited through a fork may be locked for good
         # (its thread was inside wait() at the fork), and a thread that outlived stop()'s join
         # must not be revived by clearing the event it is waiting on.
@@ -249,7 +288,7 @@ class Sampler:
         return self
 
     def stop(self, *, final_sample: bool = True, timeout: float = 5.0) -> PeakMemory | None:
-        """Stop the thread, take one last sample (by default) and return the peak."""
+        """Stop the thread (if any), take one last sample (by default) and return the peak."""
         thread, self._thread = self._thread, None
         # Only a live thread needs the event: in a forked child the parent's thread is gone,
         # and its event may have been locked at the fork.
@@ -259,8 +298,12 @@ class Sampler:
                 thread.join(timeout)
                 if thread.is_alive():
                     final_sample = False  # a sample is still running: do not race it
-        if final_sample:
-            self.sample()
+        # After a poll() still running in another thread (gthread), not beside it.
+        if final_sample and self._sampling.acquire(timeout=min(timeout, 1.0)):
+            try:
+                self.sample()
+            finally:
+                self._sampling.release()
         return self.peak()
 
     def peak(self) -> PeakMemory | None:

@@ -64,6 +64,9 @@ def test_forkmem_hooks_keep_workers_shared(tmp_path: Path) -> None:
     with _gunicorn(["-c", str(EXAMPLES / "gunicorn.conf.py")], log) as (base, proc):
         workers = _sample_workers(base)
         master = proc.pid
+        # Sync workers sample their memory from post_request: no thread but the main one.
+        tasks = {pid: len(os.listdir(f"/proc/{pid}/task")) for pid in workers}
+    assert set(tasks.values()) == {1}, tasks
     assert len(workers) >= 2, workers.keys()
     heap = next(iter(workers.values()))["heap_bytes"]
     assert heap > 80 * 2**20
@@ -114,6 +117,8 @@ def test_without_forkmem_workers_copy_the_heap(tmp_path: Path) -> None:
         {"warmup": False, "immortalize": True},
         {"sample_memory": "no"},
         {"duty_cycle": 2.0},
+        {"sampler": "threads"},
+        {"sampler": "requests", "max_private_memory": "1 GiB", "max_private_memory_hard": "2 GiB"},
     ],
 )
 def test_configure_rejects_bad_arguments(kwargs: dict[str, Any]) -> None:
@@ -122,3 +127,73 @@ def test_configure_rejects_bad_arguments(kwargs: dict[str, Any]) -> None:
 
     with pytest.raises(InvalidArgument):
         hooks.configure(**kwargs)
+
+
+_SYNC = "gunicorn.workers.sync.SyncWorker"
+_HARD = {"max_private_memory": "1 GiB", "max_private_memory_hard": "2 GiB"}
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # a fork while pytest has threads
+@pytest.mark.parametrize(
+    ("worker_class", "options", "forkmem_post_request", "threaded"),
+    [
+        (_SYNC, {}, True, False),
+        ("gunicorn.workers.gthread.ThreadWorker", {}, True, False),
+        ("gunicorn.workers.base_async.AsyncWorker", {}, True, True),  # gevent's, eventlet's base
+        (_SYNC, _HARD, True, True),  # the hard limit ends a worker in the middle of a request
+        (_SYNC, {"sampler": "thread"}, True, True),
+        (_SYNC, {}, False, True),  # the config's own post_request may not call forkmem's
+        (_SYNC, {"sampler": "requests"}, False, False),
+    ],
+)
+def test_which_workers_sample_in_a_thread(
+    worker_class: str, options: dict[str, Any], forkmem_post_request: bool, threaded: bool
+) -> None:
+    """The hooks on a real gunicorn worker object, in a real forked child, as the arbiter runs
+    them: the sampling thread only where it is needed, and the master's slot filled either way."""
+    import importlib
+    import threading
+
+    from gunicorn.config import Config
+    from gunicorn.glogging import Logger
+
+    from forkmem.integrations import gunicorn as hooks
+
+    module, name = worker_class.rsplit(".", 1)
+    cfg = Config()
+    if forkmem_post_request:
+        cfg.set("post_request", hooks.post_request)
+    worker = getattr(importlib.import_module(module), name)(
+        0, os.getpid(), [], None, 30, cfg, Logger(cfg)
+    )
+    hooks.pre_fork(None, worker)
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the worker
+        code = 1
+        try:
+            hooks.configure(**options)
+            hooks.post_fork(None, worker)
+            names = [t.name for t in threading.enumerate()]
+            for _ in range(3):
+                hooks.post_request(worker, None, {}, None)
+            hooks.worker_exit(None, worker)
+            os.write(write, json.dumps(names).encode())
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(write)
+    try:
+        with os.fdopen(read, "rb") as pipe:
+            names = json.loads(pipe.read() or b"null")
+    finally:
+        _, status = os.waitpid(pid, 0)
+        worker.tmp.close()
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert names is not None
+    assert ("forkmem-sampler" in names) is threaded, names
+    peak = worker._forkmem_slot.read()
+    worker._forkmem_slot.close()
+    assert peak is not None
+    assert peak.pid == pid
+    assert peak.samples >= 2  # the first (post_fork or the thread's) and worker_exit's

@@ -7,12 +7,16 @@ limits come from examples/gunicorn_recycle.conf.py's environment.
 - An RSS limit set as a user reading ``ps`` would (3% above a fresh worker's RSS) restarts
   healthy workers: their RSS is ~150 MiB of shared heap plus a few MiB of their own.
 - ``max_private_memory`` (USS) leaves healthy workers alone and recycles leaking ones, one
-  sample after they cross it; wrk sees no failed request in any of the runs.
+  sample after they cross it; wrk sees no failed request in any of the runs. Sync and gthread
+  workers sample from gunicorn's ``post_request``, without a thread.
+- ``max_private_memory_hard`` ends a worker in the middle of a long request (its sampler runs
+  in a thread).
 """
 
 from __future__ import annotations
 
 import contextlib
+import http.client
 import json
 import os
 import re
@@ -43,6 +47,7 @@ LOAD_SECONDS = 8
 _RECYCLED = re.compile(
     r"recycling gunicorn worker pid (\d+): (\w+) ([\d.]+) MiB > ([\d.]+) MiB for (\d+) samples?"
 )
+_SAMPLER = "forkmem-sampler"
 
 
 @contextlib.contextmanager
@@ -50,13 +55,13 @@ def _gunicorn(tmp_path: Path, name: str, **env: str) -> Iterator[tuple[str, Path
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     log = tmp_path / f"{name}.log"
-    environment = dict(
-        os.environ,
-        XDG_RUNTIME_DIR=str(tmp_path),
-        GUNICORN_BIND=f"127.0.0.1:{port}",
-        GUNICORN_WORKERS="2",
+    environment = {
+        **os.environ,
+        "XDG_RUNTIME_DIR": str(tmp_path),
+        "GUNICORN_BIND": f"127.0.0.1:{port}",
+        "GUNICORN_WORKERS": "2",
         **env,
-    )
+    }
     cmd = [sys.executable, "-m", "gunicorn", "-c", str(EXAMPLES / "gunicorn_recycle.conf.py")]
     with serve(cmd, log, environment, cwd=EXAMPLES, url=base + "/memory", grace=30):
         yield base, log
@@ -105,6 +110,8 @@ def test_rss_limit_restarts_healthy_workers_uss_limit_does_not(tmp_path: Path) -
 
 def test_uss_limit_recycles_only_leaking_workers_without_failed_requests(tmp_path: Path) -> None:
     with _gunicorn(tmp_path, "leak", FORKMEM_MAX_PRIVATE_MEMORY="64 MiB") as (base, log):
+        worker = json.loads(get(base + "/memory"))
+        assert worker["threads"] == ["MainThread"]  # sampled from post_request, no thread
         load = _wrk(base + "/leak")
         time.sleep(1.0)  # the last recycled worker is reaped and counted
     text = log.read_text()
@@ -121,3 +128,54 @@ def test_uss_limit_recycles_only_leaking_workers_without_failed_requests(tmp_pat
     assert f"{len(recycles)} recycled so far" in text
     assert load["requests"] > 100, load
     assert load["failed"] == 0, load
+
+
+# One worker with a small heap: the tests below need no load generator and start fast.
+_SMALL = {"GUNICORN_WORKERS": "1", "FORKMEM_EXAMPLE_HEAP_MIB": "16"}
+
+
+def test_gthread_workers_recycle_at_the_limit_without_a_sampler_thread(tmp_path: Path) -> None:
+    env = {**_SMALL, "GUNICORN_WORKER_CLASS": "gthread", "GUNICORN_THREADS": "2"}
+    with _gunicorn(tmp_path, "gthread", FORKMEM_MAX_PRIVATE_MEMORY="40 MiB", **env) as (base, log):
+        first = json.loads(get(base + "/memory"))
+        assert _SAMPLER not in first["threads"], first["threads"]
+        deadline = time.monotonic() + 60
+        while not _recycles(log) and time.monotonic() < deadline:
+            get(base + "/leak")
+        deadline = time.monotonic() + 20
+        while "recycled so far" not in log.read_text() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        after = json.loads(get(base + "/memory"))
+    (pid, measure, value, limit, samples), *_ = _recycles(log)
+    assert pid == first["pid"]
+    assert (measure, limit, samples) == ("uss", 40.0, 2)
+    assert value > limit
+    assert f"gunicorn worker pid {pid} was recycled for memory" in log.read_text()
+    assert after["pid"] != pid  # the arbiter forked a replacement
+    assert _SAMPLER not in after["threads"], after["threads"]
+
+
+def test_hard_limit_ends_a_worker_in_the_middle_of_a_request(tmp_path: Path) -> None:
+    limits = {"FORKMEM_MAX_PRIVATE_MEMORY": "40 MiB", "FORKMEM_MAX_PRIVATE_MEMORY_HARD": "64 MiB"}
+    with _gunicorn(tmp_path, "hard", **_SMALL, **limits) as (base, log):
+        worker = json.loads(get(base + "/memory"))
+        assert _SAMPLER in worker["threads"]  # the hard limit needs a thread
+        # One request that would build 1 GiB over ~10 s: it never answers.
+        with pytest.raises((OSError, http.client.HTTPException)):
+            get(base + "/hog?mib=1024", timeout=60)
+        deadline = time.monotonic() + 20
+        while "recycled so far" not in log.read_text() and time.monotonic() < deadline:
+            time.sleep(0.1)
+    text = log.read_text()
+    # The soft limit asked first (the worker would leave after the request), then the hard one
+    # ended it in the middle of the request.
+    hard = [r for r in _recycles(log) if r[3] == 64.0]
+    assert len(hard) == 1, text[-3000:]
+    pid, measure, value, _, samples = hard[0]
+    assert pid == worker["pid"]
+    assert (measure, samples) == ("uss", 1)
+    assert 64.0 < value < 512.0  # ended on its way up, far from the 1 GiB it asked for
+    # gunicorn counts a request when it starts: the ones before, /memory the last, then /hog.
+    assert f"(hard limit); served {worker['served'] + 1}," in text
+    assert f"gunicorn worker pid {pid} was recycled for memory (uss" in text
+    assert "hard limit); 1 recycled so far" in text  # the master counted the hard decision

@@ -1,7 +1,8 @@
 """gunicorn's side of memory recycling (private; the hooks in `.gunicorn` call it).
 
 Master, before the fork: a `RecycleSlot` for the worker. Worker: a
-[`RecycleMonitor`][forkmem.recycle.RecycleMonitor] fed by the worker's sampler. Over the soft limit
+[`RecycleMonitor`][forkmem.recycle.RecycleMonitor] fed by the worker's sampler (after requests
+in sync and gthread workers, in a thread otherwise and under a hard limit). Over the soft limit
 it sends the worker ``SIGTERM``, gunicorn's graceful stop: the worker finishes the request it is
 serving, leaves its loop and exits, and the arbiter forks a replacement (as for
 ``max_requests``). Over the hard limit the worker is ``SIGKILL``-ed. Master, after reaping:
@@ -42,8 +43,9 @@ def arm(worker: Any) -> None:
 
 
 def _leave_gracefully(event: RecycleEvent) -> None:
-    # From the sampler thread: the signal runs gunicorn's own handler in the main thread
-    # (alive = False) and its wake-up pipe gets an idle worker out of select() at once.
+    # From the sampler thread, post_request or a gthread worker's request thread: the signal
+    # runs gunicorn's own handler in the main thread (alive = False), and its wake-up pipe gets
+    # an idle worker out of select() at once.
     os.kill(os.getpid(), signal.SIGTERM)
 
 

@@ -7,7 +7,9 @@ In ``gunicorn.conf.py``::
     preload_app = True
 
 The import defines ``when_ready``, ``pre_fork``, ``post_fork``, ``worker_exit``,
-``child_exit`` and ``post_request``; gunicorn picks them up by name.
+``child_exit`` and ``post_request``; gunicorn picks them up by name. Sync and gthread workers
+sample their memory from ``post_request`` (no thread); a config that defines its own
+``post_request`` must call forkmem's from it.
 
 Where each hook runs (gunicorn's arbiter): the master loads the app (``preload_app``), opens the
 listeners, calls [`when_ready()`][forkmem.integrations.gunicorn.when_ready], then for each worker
@@ -64,6 +66,15 @@ _refork: Refork | None = None
 _REHEARSE_ROUNDS = 32
 _rehearse_rounds = _REHEARSE_ROUNDS
 _pack_code = True
+_SAMPLERS = ("auto", "thread", "requests")
+_WARM_SAMPLES = 8  # CPython 3.12+ specializes an instruction on its second run
+_sampler = "auto"
+# Worker classes whose request loop calls post_request after every request, named rather than
+# imported (this module never imports gunicorn). The async workers call it too, but they serve
+# long-lived connections (websockets, streams) whose requests may never end.
+_POLLING_WORKERS = frozenset(
+    {("gunicorn.workers.sync", "SyncWorker"), ("gunicorn.workers.gthread", "ThreadWorker")}
+)
 
 
 def configure(
@@ -72,6 +83,7 @@ def configure(
     immortalize: bool | None = None,
     sample_memory: bool = True,
     duty_cycle: float = 0.01,
+    sampler: str = "auto",
     rehearse: Sequence[str | Mapping[str, Any]] = (),
     rehearse_rounds: int = _REHEARSE_ROUNDS,
     pack_code: bool = True,
@@ -102,12 +114,22 @@ def configure(
     bytecode-counter writes land on a few dense pages instead of one page per function
     (`forkmem` docs: "Code packing"); ``False`` leaves code where the imports put it.
     ``sample_memory`` samples each worker's peak private memory at most ``duty_cycle`` of one CPU,
-    logged at [`child_exit()`][forkmem.integrations.gunicorn.child_exit].
+    logged at [`child_exit()`][forkmem.integrations.gunicorn.child_exit]. ``sampler="auto"`` (the
+    default) samples sync and gthread workers from
+    [`post_request()`][forkmem.integrations.gunicorn.post_request], without a thread (a clock read
+    per request, a sample once the duty cycle's pause is over, a last one in
+    [`worker_exit()`][forkmem.integrations.gunicorn.worker_exit]); other worker classes, a
+    config whose ``post_request`` is not forkmem's own function, and any worker under
+    ``max_private_memory_hard`` sample in a thread. ``sampler="thread"`` always uses a thread,
+    which also sees memory in the middle of a request; ``sampler="requests"`` never does (your
+    own ``post_request`` calls forkmem's, or your worker class's requests all end; not with
+    ``max_private_memory_hard``).
 
     ``max_private_memory`` (``"200 MiB"`` or bytes) recycles a worker whose private memory
     (``recycle_measure``: USS by default) stays above it for ``recycle_samples`` consecutive
     samples: it finishes its current request and exits, and the arbiter forks a replacement.
-    ``max_private_memory_hard`` ends a worker at once (``SIGKILL``). See `forkmem.recycle`.
+    ``max_private_memory_hard`` ends a worker at once (``SIGKILL``), also in the middle of a
+    request (its workers sample in a thread). See `forkmem.recycle`.
     ``metrics="127.0.0.1:9464"`` serves Prometheus metrics for the master and its workers
     there (the ``metrics`` extra), from a ``forkmem export`` process the master starts in
     [`when_ready()`][forkmem.integrations.gunicorn.when_ready].
@@ -157,11 +179,21 @@ def configure(
             f"got {rehearse_rounds!r}"
         )
     check_bool("configure(pack_code=...)", pack_code)
+    if sampler not in _SAMPLERS:
+        raise InvalidArgument(
+            f"configure(sampler=...) must be one of {', '.join(map(repr, _SAMPLERS))}; "
+            f"got {sampler!r}"
+        )
+    if sampler == "requests" and policy is not None and policy.max_private_memory_hard:
+        raise InvalidArgument(
+            "configure(sampler='requests') cannot enforce max_private_memory_hard: the hard "
+            "limit must end a worker in the middle of a request, which needs the thread"
+        )
     if metrics is not None:
         parse_listen(metrics)
-    global _refork_after, _rehearse_rounds, _pack_code
+    global _refork_after, _rehearse_rounds, _pack_code, _sampler
     _settings, _rehearsal, _refork_after = settings, requests, refork_after
-    _rehearse_rounds, _pack_code = rehearse_rounds, pack_code
+    _rehearse_rounds, _pack_code, _sampler = rehearse_rounds, pack_code, sampler
 
 
 def _immortalize() -> bool:
@@ -198,6 +230,20 @@ def _rehearse(server: Any) -> bool:
     return report.packed is not None
 
 
+def _rehearse_sampling() -> None:
+    """A few samples in the master before the freeze, through the path a worker's take: their
+    bytecode is specialized (and what they build on first use is built) once, here, instead of
+    in every worker's copy of those pages."""
+    slot = PeakSlot()
+    try:
+        sampler = Sampler(slot=slot, min_interval=0.0, duty_cycle=1.0).start(thread=False)
+        for _ in range(_WARM_SAMPLES):
+            sampler.poll()
+        sampler.stop()
+    finally:
+        slot.close()
+
+
 def when_ready(server: Any) -> None:
     """Master, after the app is preloaded and before the first worker forks: collect and freeze.
 
@@ -217,6 +263,8 @@ def when_ready(server: Any) -> None:
             "it can be shared; set preload_app = True"
         )
     packed = _rehearse(server) if _rehearsal else False
+    if _settings.sample_memory or _settings.recycle is not None:
+        _rehearse_sampling()
     warn_missing_bytecode()
     if _refork_after is not None:
         remember_engines()  # the mold closes them after the freeze hides them from gc
@@ -270,8 +318,26 @@ def pre_fork(server: Any, worker: Any) -> None:
         _recycle.arm(worker)
 
 
+def _needs_thread(worker: Any, policy: RecyclePolicy | None) -> bool:
+    """Whether the worker's sampler needs a thread: post_request alone cannot end a worker in
+    the middle of a request (the hard limit), nor sample a worker that does not call it."""
+    if _sampler != "auto":
+        return _sampler == "thread"
+    if policy is not None and policy.max_private_memory_hard:
+        return True
+    # A config's own post_request may not call forkmem's.
+    if getattr(getattr(worker, "cfg", None), "post_request", None) is not post_request:
+        return True
+    return not any((c.__module__, c.__qualname__) in _POLLING_WORKERS for c in type(worker).__mro__)
+
+
 def post_fork(server: Any, worker: Any) -> None:
-    """Worker, just after the fork: forkmem's child hooks (once), then the memory sampler."""
+    """Worker, just after the fork: forkmem's child hooks (once), then the memory sampler.
+
+    Sync and gthread workers take their first sample here and the next ones in
+    [`post_request()`][forkmem.integrations.gunicorn.post_request]; other workers, and any
+    under a hard memory limit, sample in a thread (see ``configure(sampler=...)``).
+    """
     if disabled("gunicorn"):
         return
     ensure_child_hooks()
@@ -283,7 +349,7 @@ def post_fork(server: Any, worker: Any) -> None:
     if (_settings.sample_memory and slot is not None) or on_sample is not None:
         worker._forkmem_sampler = Sampler(
             slot=slot, duty_cycle=_settings.duty_cycle, on_sample=on_sample
-        ).start()
+        ).start(thread=_needs_thread(worker, policy))
 
 
 def worker_exit(server: Any, worker: Any) -> None:
@@ -296,7 +362,12 @@ def worker_exit(server: Any, worker: Any) -> None:
 
 
 def post_request(worker: Any, req: Any, environ: Any, resp: Any) -> None:
-    """Worker, after each request: with ``refork_after``, count towards becoming the mold."""
+    """Worker, after each request: the memory sample, when its pause is over (sync and gthread
+    workers, which sample without a thread); with ``refork_after``, count towards becoming the
+    mold."""
+    sampler = getattr(worker, "_forkmem_sampler", None)
+    if sampler is not None:
+        sampler.poll()  # a clock read; nothing while a sampling thread runs
     if _refork is not None:
         _refork.post_request(worker)
 
