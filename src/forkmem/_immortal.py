@@ -32,6 +32,7 @@ from forkmem._object_header import (
     hash_view,
     unsupported_reason,
 )
+from forkmem._shared_keys import immortalize_keys
 
 if sys.version_info >= (3, 11):
     from operator import call
@@ -127,12 +128,14 @@ def hash_reachable_strings(roots: list[Any]) -> int:
 
 
 class ImmortalizeResult(NamedTuple):
-    """Counts from one `immortalize()` walk."""
+    """Counts from one `immortalize()` walk; ``shared_keys``: classes' key tables made
+    immortal (see `forkmem._shared_keys`)."""
 
     objects: int
     bytes: int
     strings_hashed: int
     skipped: dict[str, int]
+    shared_keys: int = 0
 
 
 # Per-type decision, computed once per type.
@@ -242,6 +245,7 @@ def immortalize(roots: list[Any], *, hash_strings: bool = True) -> ImmortalizeRe
     skipped: dict[int, str] = {}
     getitem, setitem = view.__getitem__, view.__setitem__
     objects = size = hashed = 0
+    classes: list[type] = []  # heap types, whose shared key tables are made immortal after
     todo = roots
     was_enabled = gc.isenabled()
     gc.disable()  # no collection between reading and writing counts; also faster
@@ -280,6 +284,10 @@ def immortalize(roots: list[Any], *, hash_strings: bool = True) -> ImmortalizeRe
                     kept.append(obj)
                     if flag & _EXTRAS:
                         extras.extend(_extras(obj))
+                        if _type_flags(tp) & _TPFLAGS_TYPE_SUBCLASS and (
+                            _type_flags(obj) & _TPFLAGS_HEAPTYPE
+                        ):
+                            classes.append(obj)
             else:
                 kept = fresh
             if not kept:
@@ -299,7 +307,8 @@ def immortalize(roots: list[Any], *, hash_strings: bool = True) -> ImmortalizeRe
             children.extend(chain.from_iterable(map(dict.keys, _exact(kept, kinds, dict))))
             children.extend(extras)
             todo.extend(children)
+        shared_keys = immortalize_keys(classes)
     finally:
         if was_enabled:
             gc.enable()
-    return ImmortalizeResult(objects, size, hashed, dict(Counter(skipped.values())))
+    return ImmortalizeResult(objects, size, hashed, dict(Counter(skipped.values())), shared_keys)
