@@ -338,7 +338,9 @@ def test_a_lost_mold_token_is_issued_again_and_when_the_mold_dies_the_master_for
         "    time.sleep(0.1)\n"
         "    return site(environ, start_response)\n"
     )
-    env = dict(site_env, PYTHONPATH=os.pathsep.join([str(tmp_path), str(EXAMPLES)]))
+    # The caller's PYTHONPATH stays last: it may name the forkmem under test.
+    path = [str(tmp_path), str(EXAMPLES), *filter(None, [site_env.get("PYTHONPATH")])]
+    env = dict(site_env, PYTHONPATH=os.pathsep.join(path))
     early = unsupported_reason() is None  # elsewhere the claimant is the mold at once
     with _serve(REFORK, tmp_path, env, workers=2, app="slow_site:application") as (
         base,
