@@ -231,9 +231,9 @@ def _rehearse(server: Any) -> bool:
 
 
 def _rehearse_sampling() -> None:
-    """A few samples in the master before the freeze, through the path a worker's take: their
-    bytecode is specialized (and what they build on first use is built) once, here, instead of
-    in every worker's copy of those pages."""
+    """A few samples in the master before the freeze, through the path a worker's samples take:
+    that code's bytecode is specialized (and what it builds on first use is built) once, here,
+    instead of in every worker's copy of those pages."""
     slot = PeakSlot()
     try:
         sampler = Sampler(slot=slot, min_interval=0.0, duty_cycle=1.0).start(thread=False)
