@@ -24,6 +24,7 @@ from itertools import chain, compress, repeat
 from operator import add, eq, is_, lt, not_, or_, rshift
 from typing import Any, NamedTuple
 
+from forkmem._const_loads import retag
 from forkmem._object_header import (
     ALL_ONES,
     HASH_WORD,
@@ -246,6 +247,7 @@ def immortalize(roots: list[Any], *, hash_strings: bool = True) -> ImmortalizeRe
     getitem, setitem = view.__getitem__, view.__setitem__
     objects = size = hashed = 0
     classes: list[type] = []  # heap types, whose shared key tables are made immortal after
+    codes: list[types.CodeType] = []
     todo = roots
     was_enabled = gc.isenabled()
     gc.disable()  # no collection between reading and writing counts; also faster
@@ -298,6 +300,7 @@ def immortalize(roots: list[Any], *, hash_strings: bool = True) -> ImmortalizeRe
                 upper = list(map(add, words, repeat(1)))
                 deque(map(setitem, upper, map(or_, map(getitem, upper), repeat(flag_bits))), 0)
             kinds = list(map(type, kept))
+            codes.extend(_exact(kept, kinds, types.CodeType))
             strs = _exact(kept, kinds, str)
             if hash_strings:
                 hashed += _hash_unhashed(str_view, strs)
@@ -308,6 +311,9 @@ def immortalize(roots: list[Any], *, hash_strings: bool = True) -> ImmortalizeRe
             children.extend(extras)
             todo.extend(children)
         shared_keys = immortalize_keys(classes)
+        # 3.14: code that ran while its constants were mortal loads them with the unchecked
+        # form; now that they are immortal, give it the immortal one (see _const_loads).
+        retag(codes)
     finally:
         if was_enabled:
             gc.enable()
