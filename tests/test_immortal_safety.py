@@ -132,6 +132,8 @@ def test_running_frames_generators_and_coroutines(dev: bool) -> None:
         assert g.send(5) == ("gen", 5)
         g.close()
         async def main():
+            # -X dev logs callbacks over 0.1 s to stderr; a warm-up on a loaded machine is one.
+            asyncio.get_running_loop().slow_callback_duration = 600.0
             report = forkmem.warmup(immortalize=True)
             await asyncio.sleep(0)
             return report.immortalized
