@@ -98,7 +98,8 @@ def test_leaking_children_are_recycled_after_their_task(
     # 400 MiB leaked through two children with a 64 MiB limit: several retirements.
     assert len(recycles) >= 3, text[-4000:]
     for _, value, limit, samples in recycles:
-        assert float(value) > float(limit) == 64.0
+        # The log prints one decimal: a child at 64.04 MiB reads "64.0 MiB > 64.0 MiB".
+        assert float(value) >= float(limit) == 64.0
         assert samples == "2"
     pids = {pid for _, pid in results}
     assert len(pids) > CONCURRENCY  # replacement children ran tasks
