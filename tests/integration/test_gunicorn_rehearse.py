@@ -108,6 +108,18 @@ def _worker_uss(master: int) -> list[int]:
     return [forkmem.memory(child.pid).uss for child in psutil.Process(master).children()]
 
 
+def _wrap_site(path: Path, module: str, line: str) -> None:
+    """A WSGI module of the test's own: runs ``line`` (after ``import module``), then the
+    Django site's answer."""
+    path.write_text(
+        f"import {module}\n"
+        "from django_site import application as site\n"
+        "def application(environ, start_response):\n"
+        f"    {line}\n"
+        "    return site(environ, start_response)\n"
+    )
+
+
 def test_rehearsed_workers_keep_less_private_memory(
     tmp_path: Path, site_env: dict[str, str]
 ) -> None:
@@ -177,12 +189,10 @@ def test_a_rehearsal_that_leaves_a_thread_refuses_to_fork(
     tmp_path: Path, site_env: dict[str, str]
 ) -> None:
     # A page of the test's own: the site's index, plus a thread the app forgets to stop.
-    (tmp_path / "threaded_site.py").write_text(
-        "import threading\n"
-        "from django_site import application as site\n"
-        "def application(environ, start_response):\n"
-        "    threading.Thread(target=threading.Event().wait, name='poller', daemon=True).start()\n"
-        "    return site(environ, start_response)\n"
+    _wrap_site(
+        tmp_path / "threaded_site.py",
+        "threading",
+        "threading.Thread(target=threading.Event().wait, name='poller', daemon=True).start()",
     )
     conf = tmp_path / "conf.py"
     conf.write_text(
@@ -331,13 +341,7 @@ def test_a_lost_mold_token_is_issued_again_and_when_the_mold_dies_the_master_for
     # Each request takes 0.1 s more, so the claimant's last 15 requests (where the mold packs,
     # it claims the token 15 requests before refork_after=30) take 1.5 s at least: time to
     # SIGKILL it as a timeout or the OOM killer would.
-    (tmp_path / "slow_site.py").write_text(
-        "import time\n"
-        "from django_site import application as site\n"
-        "def application(environ, start_response):\n"
-        "    time.sleep(0.1)\n"
-        "    return site(environ, start_response)\n"
-    )
+    _wrap_site(tmp_path / "slow_site.py", "time", "time.sleep(0.1)")
     # The caller's PYTHONPATH stays last: it may name the forkmem under test.
     path = [str(tmp_path), str(EXAMPLES), *filter(None, [site_env.get("PYTHONPATH")])]
     env = dict(site_env, PYTHONPATH=os.pathsep.join(path))
